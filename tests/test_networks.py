@@ -1,0 +1,165 @@
+"""SE blocks against the paper's equations, the three networks' shapes, parameter counts and TorchScript export."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from monai.networks.blocks import ChannelSELayer
+from torch import nn
+
+from scripts.complexity import complexity_table, count_parameters
+from scripts.networks import (
+    ARCHS,
+    SE_TYPES,
+    ChannelSpatialSELayer,
+    SpatialSELayer,
+    get_network,
+    get_se_block,
+    max_unpool,
+)
+
+COMBOS = [(arch, se) for arch in ARCHS for se in SE_TYPES]
+
+
+def _cse_reference(block: ChannelSELayer, u: torch.Tensor) -> torch.Tensor:
+    """Eq. 1-2 from the block's own weights: z = mean(U); z' = W1 relu(W2 z); U * sigmoid(z') per channel."""
+    lin2, lin1 = [m for m in block.modules() if isinstance(m, nn.Linear)]
+    z = u.flatten(2).mean(-1)  # (N, C)
+    assert lin2.weight.shape == (u.shape[1] // 2, u.shape[1]) and lin1.weight.shape == (u.shape[1], u.shape[1] // 2)
+    z_hat = torch.relu(z @ lin2.weight.T + lin2.bias) @ lin1.weight.T + lin1.bias
+    return u * torch.sigmoid(z_hat).view(*z_hat.shape, *([1] * (u.ndim - 2)))
+
+
+def _sse_reference(block: SpatialSELayer, u: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 from the block's own weights: q = sum_c w_c u_c + b; U * sigmoid(q) per location."""
+    w = block.squeeze.weight.flatten()  # (C,)
+    q = torch.einsum("nc...,c->n...", u, w) + block.squeeze.bias
+    return u * torch.sigmoid(q).unsqueeze(1)
+
+
+def _randomise(module: nn.Module) -> None:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_se_blocks_match_paper_equations(spatial_dims):
+    c = 8
+    u = torch.randn(2, c, *([6] * spatial_dims))
+    cse = get_se_block("cse", spatial_dims, c)
+    sse = get_se_block("sse", spatial_dims, c)
+    scse = get_se_block("scse", spatial_dims, c)
+    scse_max = get_se_block("scse", spatial_dims, c, mode="max")
+    assert isinstance(cse, ChannelSELayer) and isinstance(sse, SpatialSELayer)
+    for block in (cse, sse, scse, scse_max):
+        _randomise(block)
+    assert torch.allclose(cse(u), _cse_reference(cse, u), atol=1e-5)
+    assert torch.allclose(sse(u), _sse_reference(sse, u), atol=1e-5)
+    expected_sum = _cse_reference(scse.cse, u) + _sse_reference(scse.sse, u)
+    assert torch.allclose(scse(u), expected_sum, atol=1e-5)
+    expected_max = torch.maximum(_cse_reference(scse_max.cse, u), _sse_reference(scse_max.sse, u))
+    assert torch.allclose(scse_max(u), expected_max, atol=1e-5)
+    assert isinstance(get_se_block("none", spatial_dims, c), nn.Identity)
+
+
+def test_se_block_parameter_counts_follow_the_paper():
+    # cSE: C^2 weights (two C x C/2 layers) plus biases; sSE: C weights plus a bias.
+    c = 64
+    assert count_parameters(get_se_block("cse", 2, c)) == c * c + c // 2 + c
+    assert count_parameters(get_se_block("sse", 2, c)) == c + 1
+    assert count_parameters(ChannelSpatialSELayer(2, c)) == 4257
+
+
+def test_bad_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="unet, sdnet, densenet"):
+        get_network("resnet", "scse")
+    with pytest.raises(ValueError, match="none, cse, sse, scse"):
+        get_network("unet", "se")
+    with pytest.raises(ValueError, match="'sum' or 'max'"):
+        ChannelSpatialSELayer(2, 8, mode="mean")
+
+
+@pytest.mark.parametrize("arch,se", COMBOS)
+def test_2d_output_shapes_odd_sizes(arch, se):
+    net = get_network(arch, se, spatial_dims=2, in_channels=1, out_channels=5, features=8).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 37, 50)).shape == (2, 5, 37, 50)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_3d_networks_and_blocks(arch):
+    net = get_network(arch, "scse", spatial_dims=3, in_channels=2, out_channels=3, features=4).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 2, 16, 19, 17)).shape == (1, 3, 16, 19, 17)
+    for se in SE_TYPES:
+        x = torch.randn(2, 6, 5, 4, 3)
+        assert get_se_block(se, 3, 6)(x).shape == x.shape
+
+
+def test_too_small_input_is_refused_clearly():
+    net = get_network("unet", "none", 2, 1, 2, features=4)
+    with pytest.raises(ValueError, match="at least 16"):
+        net(torch.randn(1, 1, 15, 64))
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_one_distinct_se_module_per_block(arch):
+    net = get_network(arch, "scse", 2, 1, 4, features=8)
+    blocks = [m for m in net.modules() if isinstance(m, ChannelSpatialSELayer)]
+    assert len(blocks) == 8  # 4 encoder + 4 decoder blocks
+    assert len({id(b) for b in blocks}) == 8
+    pointers = [p.data_ptr() for b in blocks for p in b.parameters()]
+    assert len(pointers) == len(set(pointers))
+    assert all(isinstance(stage.se, ChannelSpatialSELayer) for stage in [*net.encoders, *net.decoders])
+    assert not any(isinstance(m, (SpatialSELayer, ChannelSELayer)) for m in net.bottleneck.modules())
+
+
+def test_parameter_counts_match_the_paper():
+    rows = {(r["arch"], r["se"]): r for r in complexity_table(out_channels=28)}
+    plain = rows[("unet", "none")]["params"]
+    scse = rows[("unet", "scse")]["se_params"]
+    assert plain == 2_157_276 and abs(plain - 2.1e6) / 2.1e6 < 0.15
+    assert scse == 8 * 4257 and abs(scse - 3.3e4) / 3.3e4 < 0.15
+    assert abs(rows[("unet", "scse")]["se_percent"] - 1.5) / 1.5 < 0.15
+    for arch in ARCHS:  # the overhead is the SE blocks' and nothing else, for every network
+        assert rows[(arch, "cse")]["se_params"] == 8 * 4192
+        assert rows[(arch, "sse")]["se_params"] == 8 * 65
+        assert rows[(arch, "scse")]["se_params"] == 8 * 4257
+
+
+def test_unpool_restores_maxima_positions():
+    x = torch.randn(2, 3, 9, 7)
+    pooled, idx = torch.nn.functional.max_pool2d_with_indices(x, 2, 2)
+    out = max_unpool(pooled, idx, [9, 7])
+    reference = torch.nn.functional.max_unpool2d(pooled, idx, 2, 2, output_size=[9, 7])
+    assert torch.equal(out, reference)
+
+
+@pytest.mark.parametrize("arch,se", COMBOS)
+def test_torchscript_export_is_equivalent(arch, se):
+    torch.manual_seed(0)
+    net = get_network(arch, se, 2, 1, 4, features=8).eval()
+    scripted = torch.jit.script(net)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    x = torch.randn(2, 1, 33, 48)
+    with torch.no_grad():
+        expected = net(x)
+        assert torch.allclose(scripted(x), expected, atol=1e-5)
+        assert torch.allclose(loaded(x), expected, atol=1e-5)
+
+
+def test_torchscript_export_3d_and_gradients_through_unpool():
+    net = get_network("sdnet", "scse", 3, 1, 2, features=4)
+    x = torch.randn(2, 1, 16, 16, 16)  # batch norm needs 2 values per channel at the 1x1x1 bottleneck
+    net(x).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-5)
