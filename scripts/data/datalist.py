@@ -1,0 +1,420 @@
+# Copyright (c) the scSE bundle contributors.
+# Licensed under the Apache License, Version 2.0.
+"""
+Datalists from folders, and checks of the input volumes before any work starts.
+
+A run should fail in its first seconds, with one line that names the file and what was expected, rather than hours
+later inside a data loader worker. The configs therefore resolve the data to a Decathlon-style datalist JSON
+(:py:func:`resolve_datalist`), load one split of it (:py:func:`load_split`) and pass the items through
+:py:func:`check_volumes` before the trainer or evaluator is built. Every error raised here is a ``ValueError`` whose
+message is a single line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import nibabel as nib
+import numpy as np
+from monai.data import load_decathlon_datalist
+from nibabel.filebasedimages import ImageFileError
+
+from .synthetic import ensure_default_dataset
+
+__all__ = ["check_volumes", "list_volumes", "load_split", "resolve_datalist"]
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+# Marks datalists this module wrote, so they are rebuilt when the folder changes instead of being trusted as the
+# user's own.
+_GENERATED_BY = "scripts.data.datalist"
+# Exceptions nibabel, gzip and zlib raise on truncated or corrupt files.
+_READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ImageFileError, ValueError, struct.error)
+
+
+def _is_nifti(name: str) -> bool:
+    """Whether a file name is a NIfTI volume (hidden files, such as macOS ``._x.nii.gz`` forks, are not)."""
+    return not name.startswith(".") and name.endswith(NIFTI_SUFFIXES)
+
+
+def _stem(name: str) -> str:
+    """File name without its NIfTI suffix."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _nifti_files(folder: str) -> list[str]:
+    """Sorted NIfTI file names directly in ``folder`` (none if it is not a folder)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n for n in os.listdir(folder) if _is_nifti(n) and os.path.isfile(os.path.join(folder, n)))
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _read_json(path: str) -> dict:
+    """Read a datalist JSON object, with one-line errors."""
+    if not os.path.isfile(path):
+        raise ValueError(f"datalist '{path}' does not exist")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read datalist '{path}': {_one_line(e)}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"datalist '{path}' holds a {type(data).__name__}; expected a JSON object with split keys")
+    return data
+
+
+def _write_json(data: dict, path: str) -> None:
+    """Write JSON atomically, so concurrent ranks never read half a file."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(prefix=".datalist-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(descriptor, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.exists(staging):
+            os.remove(staging)
+        raise
+
+
+def _decathlon_split(dataset_dir: str, relative_to: str | None) -> dict:
+    """Deterministic split of a Decathlon layout (``imagesTr/``, ``labelsTr/``, optional ``imagesTs/``).
+
+    Sorted by name, the last 20% (at least 1) are the test split, the 10% before them (at least 1) validation, the
+    rest training; unlabelled ``imagesTs/`` volumes are listed under ``inference``.
+
+    Args:
+        dataset_dir: the dataset folder.
+        relative_to: folder the paths are written relative to; ``None`` writes absolute paths.
+
+    Returns:
+        the datalist as a dict.
+    """
+    images_dir, labels_dir = os.path.join(dataset_dir, "imagesTr"), os.path.join(dataset_dir, "labelsTr")
+    # nnU-Net names images case_0000.nii.gz (channel 0) and labels case.nii.gz; accept both conventions.
+    images = {}
+    for name in _nifti_files(images_dir):
+        stem = _stem(name)
+        images[stem[:-5] if stem.endswith("_0000") else stem] = name
+    labels = {_stem(name): name for name in _nifti_files(labels_dir)}
+    if not images and not labels:
+        raise ValueError(
+            f"dataset_dir '{dataset_dir}' holds no NIfTI volumes (expected datalist.json, or imagesTr/ and labelsTr/)"
+        )
+    unlabelled, orphans = sorted(set(images) - set(labels)), sorted(set(labels) - set(images))
+    if unlabelled or orphans:
+        raise ValueError(
+            f"dataset_dir '{dataset_dir}' has images without labels {unlabelled[:5]} and labels without images "
+            f"{orphans[:5]}; expected the same file names in imagesTr/ and labelsTr/"
+        )
+    cases = sorted(images)
+    num_test, num_validation = max(1, len(cases) // 5), max(1, len(cases) // 10)
+    num_training = len(cases) - num_test - num_validation
+    if num_training < 1:
+        raise ValueError(
+            f"dataset_dir '{dataset_dir}' has {len(cases)} labelled volumes; expected at least 3 to split into "
+            "training, validation and test"
+        )
+
+    def path(*parts: str) -> str:
+        full = os.path.join(dataset_dir, *parts)
+        return os.path.relpath(full, relative_to) if relative_to else os.path.abspath(full)
+
+    items = [{"image": path("imagesTr", images[c]), "label": path("labelsTr", labels[c])} for c in cases]
+    datalist = {
+        "name": os.path.basename(os.path.normpath(dataset_dir)),
+        "description": "split of imagesTr/ and labelsTr/ by name: last 20% test, 10% before them validation",
+        "generated_by": _GENERATED_BY,
+        "dataset_dir": os.path.abspath(dataset_dir),
+        "training": items[:num_training],
+        "validation": items[num_training : num_training + num_validation],
+        "test": items[num_training + num_validation :],
+    }
+    inference = _nifti_files(os.path.join(dataset_dir, "imagesTs"))
+    if inference:
+        datalist["inference"] = [{"image": path("imagesTs", n)} for n in inference]
+    return datalist
+
+
+def resolve_datalist(
+    dataset_dir: str,
+    default_dir: str | None = None,
+    datalist: str | None = None,
+    cache_dir: str | None = None,
+    **generate_kwargs,
+) -> str:
+    """Path of a Decathlon-style datalist JSON for the data a run is given.
+
+    In order: an explicit ``datalist`` file; the generated default dataset when ``dataset_dir`` is ``default_dir``
+    (generated on first use); ``dataset_dir/datalist.json``; a split of a Decathlon layout ``dataset_dir/imagesTr/`` +
+    ``labelsTr/`` (see :py:func:`_decathlon_split`), written to ``cache_dir/datalist.json``, else to
+    ``dataset_dir/datalist.json`` when the folder is writable, else to a file in the temporary folder.
+
+    Args:
+        dataset_dir: folder of the data.
+        default_dir: folder of the bundle's generated default dataset; ``None`` never generates.
+        datalist: an explicit datalist JSON; overrides the folder.
+        cache_dir: where to write a datalist built from a Decathlon layout.
+        generate_kwargs: arguments of :py:func:`scripts.data.synthetic.generate_dataset` for the default dataset.
+
+    Returns:
+        path of the datalist JSON.
+
+    Raises:
+        ValueError: when the datalist or folder is missing, or the folder holds no usable volumes.
+    """
+    if datalist:
+        if not os.path.isfile(datalist):
+            raise ValueError(f"datalist '{datalist}' does not exist")
+        return datalist
+    if default_dir and os.path.realpath(dataset_dir) == os.path.realpath(default_dir):
+        return ensure_default_dataset(dataset_dir, **generate_kwargs)
+    if os.path.isfile(dataset_dir) and dataset_dir.endswith(".json"):
+        return dataset_dir
+    if not os.path.isdir(dataset_dir):
+        raise ValueError(f"dataset_dir '{dataset_dir}' does not exist")
+
+    own = os.path.join(dataset_dir, "datalist.json")
+    if os.path.isfile(own) and _read_json(own).get("generated_by") != _GENERATED_BY:
+        return own
+    has_layout = os.path.isdir(os.path.join(dataset_dir, "imagesTr")) or os.path.isdir(
+        os.path.join(dataset_dir, "labelsTr")
+    )
+    if not has_layout:
+        loose = _nifti_files(dataset_dir)
+        if loose:
+            raise ValueError(
+                f"dataset_dir '{dataset_dir}' holds {len(loose)} NIfTI volumes but no labels (expected datalist.json, "
+                "or imagesTr/ and labelsTr/)"
+            )
+        raise ValueError(
+            f"dataset_dir '{dataset_dir}' holds no NIfTI volumes (expected datalist.json, or imagesTr/ and labelsTr/)"
+        )
+
+    if cache_dir:
+        target = os.path.join(cache_dir, "datalist.json")
+    elif os.access(dataset_dir, os.W_OK):
+        target = own
+    else:
+        digest = hashlib.sha1(os.path.abspath(dataset_dir).encode()).hexdigest()[:12]
+        target = os.path.join(tempfile.gettempdir(), f"datalist_{digest}.json")
+    # Relative paths keep a datalist inside the dataset portable; anywhere else they must be absolute.
+    inside = os.path.realpath(os.path.dirname(target)) == os.path.realpath(dataset_dir)
+    split = _decathlon_split(dataset_dir, relative_to=dataset_dir if inside else None)
+    # Rewrite only on change: concurrent ranks then agree and the file's time records the last real change.
+    if not os.path.isfile(target) or _read_json(target) != split:
+        _write_json(split, target)
+    return target
+
+
+def load_split(datalist_path: str, split: str) -> list[dict]:
+    """One split of a Decathlon-style datalist, with paths resolved against the datalist's folder.
+
+    Args:
+        datalist_path: the datalist JSON.
+        split: key of the split, e.g. ``"training"``, ``"validation"``, ``"test"``.
+
+    Returns:
+        list of dicts such as ``{"image": path, "label": path}``.
+
+    Raises:
+        ValueError: when the file is missing or unreadable, or the split is missing or empty.
+    """
+    data = _read_json(datalist_path)
+    if split not in data:
+        keys = [k for k, v in data.items() if isinstance(v, list)]
+        raise ValueError(f"datalist '{datalist_path}' has no key '{split}' (split keys present: {keys})")
+    if not data[split]:
+        raise ValueError(f"datalist '{datalist_path}' key '{split}' is empty; expected at least one item")
+    try:
+        return load_decathlon_datalist(
+            datalist_path, is_segmentation=True, data_list_key=split, base_dir=os.path.dirname(datalist_path)
+        )
+    except TypeError as e:
+        raise ValueError(
+            f"datalist '{datalist_path}' key '{split}' must list {{'image': ..., 'label': ...}} objects: {_one_line(e)}"
+        ) from e
+
+
+def list_volumes(folder_or_datalist: str) -> list[dict]:
+    """Volumes to run inference on.
+
+    Args:
+        folder_or_datalist: a folder (every ``*.nii`` / ``*.nii.gz`` in it, sorted), a datalist JSON (its ``"test"``
+            images, else its ``"inference"`` images) or a single NIfTI file.
+
+    Returns:
+        list of ``{"image": path}``.
+
+    Raises:
+        ValueError: when the path is missing or yields no volume.
+    """
+    path = folder_or_datalist
+    if os.path.isdir(path):
+        items = [{"image": os.path.abspath(os.path.join(path, n))} for n in _nifti_files(path)]
+        if not items:
+            raise ValueError(f"folder '{path}' holds no NIfTI volumes (*.nii, *.nii.gz)")
+        return items
+    if os.path.isfile(path) and path.endswith(".json"):
+        data = _read_json(path)
+        key = next((k for k in ("test", "inference") if data.get(k)), None)
+        if key is None:
+            raise ValueError(f"datalist '{path}' has no 'test' or 'inference' volumes (keys present: {list(data)})")
+        return [{"image": item["image"]} for item in load_split(path, key)]
+    if os.path.isfile(path) and _is_nifti(os.path.basename(path)):
+        return [{"image": os.path.abspath(path)}]
+    if not os.path.exists(path):
+        raise ValueError(f"'{path}' does not exist; expected a folder of NIfTI volumes or a datalist JSON")
+    raise ValueError(f"'{path}' is neither a folder, a datalist JSON nor a NIfTI volume")
+
+
+def _load(path: str) -> nib.spatialimages.SpatialImage:
+    """Load an image; a ``.nii.gz`` is decompressed whole, so that a damaged stream fails its CRC check.
+
+    nibabel reads only the bytes the header announces and never reaches the gzip trailer, so corrupted data would
+    otherwise pass as valid intensities.
+    """
+    if not path.endswith(".nii.gz"):
+        return nib.load(path)
+    with open(path, "rb") as f:
+        raw = gzip.decompress(f.read())
+    nifti2 = len(raw) >= 4 and 540 in (struct.unpack("<i", raw[:4])[0], struct.unpack(">i", raw[:4])[0])  # sizeof_hdr
+    return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
+
+
+def _read_volume(path: object, role: str) -> np.ndarray:
+    """Read a whole volume (which also proves the file is not truncated) as a 3D array.
+
+    Args:
+        path: the file.
+        role: ``"image"`` or ``"label"``, for messages.
+
+    Returns:
+        the 3D data array.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{role} {path!r} is not a file path; expected one NIfTI file per item")
+    if not os.path.isfile(path):
+        raise ValueError(f"{role} '{path}' does not exist")
+    try:
+        data = np.asanyarray(_load(str(path)).dataobj)
+    except _READ_ERRORS as e:
+        raise ValueError(f"cannot read NIfTI '{path}': {_one_line(e)}") from e
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(
+            f"{role} '{path}' has shape {tuple(data.shape)}; expected a 3D volume (4D only with a last dimension of 1)"
+        )
+    return data
+
+
+def _label_values(data: np.ndarray, path: object) -> list[int]:
+    """Distinct values of a label volume, which must be integers."""
+    if np.issubdtype(data.dtype, np.floating):
+        finite = np.isfinite(data)
+        if not finite.all() or not np.array_equal(data, np.round(data)):
+            bad = data[~finite] if not finite.all() else data[data != np.round(data)]
+            raise ValueError(f"label '{path}' has non-integer values (e.g. {bad.flat[0]}); expected integer labels")
+        data = data.astype(np.int64)
+    elif not np.issubdtype(data.dtype, np.integer) and data.dtype != np.bool_:
+        raise ValueError(f"label '{path}' has data type {data.dtype}; expected integer labels")
+    flat = data.ravel()
+    low, high = int(flat.min()), int(flat.max())
+    if low >= 0 and high < 1 << 16:
+        return np.flatnonzero(np.bincount(flat.astype(np.intp, copy=False))).tolist()  # far faster than np.unique
+    return [int(v) for v in np.unique(flat)]
+
+
+def _describe(values: set[int]) -> str:
+    """``0..18`` for a contiguous set of labels, else the sorted list."""
+    ordered = sorted(values)
+    if ordered and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}..{ordered[-1]}"
+    return str(ordered)
+
+
+def check_volumes(
+    items: Sequence[dict],
+    allowed_labels: Sequence[int] | int | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> Sequence[dict]:
+    """Check every volume of a datalist before training, evaluation or inference starts.
+
+    For every item: the files exist and read completely; image and label are 3D (a last dimension of 1 is allowed)
+    and of equal shape; the image is finite; the label holds integers within ``allowed_labels``. Items without
+    ``label_key`` (inference) only have their image checked.
+
+    Args:
+        items: datalist items, such as ``{"image": path, "label": path}``.
+        allowed_labels: the label values a label may hold, or their number ``n`` for ``0..n-1``; ``None`` accepts any
+            integers.
+        image_key: key of the image path.
+        label_key: key of the label path.
+
+    Returns:
+        ``items``, unchanged, so the check can wrap a datalist in a config expression.
+
+    Raises:
+        ValueError: with a one-line message naming the file or value and what was expected.
+    """
+    if isinstance(allowed_labels, int):
+        allowed_labels = range(allowed_labels)
+    allowed = None if allowed_labels is None else {int(v) for v in allowed_labels}
+
+    def check(index_item: tuple[int, dict]) -> None:
+        index, item = index_item
+        if not isinstance(item, dict) or image_key not in item:
+            raise ValueError(f"datalist item {index} is {item!r}; expected a dict with an '{image_key}' path")
+        image_path = item[image_key]
+        image = _read_volume(image_path, "image")
+        if np.issubdtype(image.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(image)))
+            if bad:
+                raise ValueError(f"image '{image_path}' has {bad} NaN or infinite values; expected finite intensities")
+        if label_key not in item:
+            return
+        label_path = item[label_key]
+        label = _read_volume(label_path, "label")
+        if label.shape != image.shape:
+            raise ValueError(
+                f"image '{image_path}' has shape {tuple(image.shape)} but label '{label_path}' has shape "
+                f"{tuple(label.shape)}; expected equal shapes"
+            )
+        values = _label_values(label, label_path)
+        if allowed is not None:
+            unexpected = [v for v in values if v not in allowed]
+            if unexpected:
+                shown = ", ".join(str(v) for v in unexpected[:20]) + (", ..." if len(unexpected) > 20 else "")
+                raise ValueError(
+                    f"label '{label_path}' has values [{shown}] outside the declared labels {_describe(allowed)}"
+                )
+
+    # Reading is mostly decompression, which releases the GIL; report the first failing item in datalist order.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(check, pair) for pair in enumerate(items)]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return items

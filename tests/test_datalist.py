@@ -1,0 +1,278 @@
+"""Datalists from folders and the input checks: every error is one ValueError line naming the file or value."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.data.datalist import check_volumes, list_volumes, load_split, resolve_datalist
+
+SHAPE = (12, 10, 8)
+
+
+def _save(path, data: np.ndarray) -> str:
+    """Write ``data`` as NIfTI at ``path`` (folders created) and return the path as a string."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    return str(path)
+
+
+def _pair(folder, name: str = "case", shape=SHAPE, labels=(0, 1, 2)) -> dict:
+    """A valid image/label pair under ``folder``."""
+    rng = np.random.default_rng(0)
+    image = _save(folder / f"{name}_img.nii.gz", rng.normal(size=shape).astype(np.float32))
+    label = _save(folder / f"{name}_seg.nii.gz", rng.choice(np.array(labels, dtype=np.uint8), size=shape))
+    return {"image": image, "label": label}
+
+
+def _decathlon(root, cases: int, test_images: int = 0) -> None:
+    """A Decathlon layout with ``cases`` labelled volumes and ``test_images`` unlabelled ones."""
+    volume = np.zeros(SHAPE, dtype=np.uint8)
+    for i in range(cases):
+        _save(root / "imagesTr" / f"case_{i:02d}.nii.gz", volume.astype(np.float32))
+        _save(root / "labelsTr" / f"case_{i:02d}.nii.gz", volume)
+    for i in range(test_images):
+        _save(root / "imagesTs" / f"new_{i}.nii.gz", volume.astype(np.float32))
+
+
+def _raises(match: str, function, *args, **kwargs) -> str:
+    """Assert ``function`` raises a one-line ValueError matching ``match``; return the message."""
+    with pytest.raises(ValueError, match=match) as info:
+        function(*args, **kwargs)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+# resolve_datalist ---------------------------------------------------------------------------------------------------
+
+
+def test_missing_dataset_dir(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    _raises(f"^dataset_dir '{missing}' does not exist$", resolve_datalist, missing)
+
+
+def test_missing_explicit_datalist(tmp_path):
+    _raises(
+        "datalist '.*nope.json' does not exist", resolve_datalist, str(tmp_path), datalist=str(tmp_path / "nope.json")
+    )
+
+
+def test_empty_folder_and_unrelated_files(tmp_path):
+    expected = r"holds no NIfTI volumes \(expected datalist.json, or imagesTr/ and labelsTr/\)"
+    _raises(f"dataset_dir '{tmp_path}' {expected}", resolve_datalist, str(tmp_path))
+    (tmp_path / "notes.txt").write_text("not a volume")
+    (tmp_path / "scan.dcm").write_bytes(b"\0" * 10)
+    (tmp_path / "._hidden.nii.gz").write_bytes(b"macOS resource fork")
+    _raises(expected, resolve_datalist, str(tmp_path))
+
+
+def test_loose_volumes_without_labels(tmp_path):
+    _save(tmp_path / "a.nii.gz", np.zeros(SHAPE, dtype=np.float32))
+    _raises("holds 1 NIfTI volumes but no labels", resolve_datalist, str(tmp_path))
+    assert list_volumes(str(tmp_path)) == [{"image": str(tmp_path / "a.nii.gz")}]
+
+
+def test_existing_datalist_is_used(tmp_path):
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": []}))
+    assert resolve_datalist(str(tmp_path)) == str(tmp_path / "datalist.json")
+    explicit = tmp_path / "other.json"
+    explicit.write_text("{}")
+    assert resolve_datalist(str(tmp_path / "missing"), datalist=str(explicit)) == str(explicit)
+
+
+def test_default_dir_generates(tmp_path):
+    default = tmp_path / "data" / "synthetic"
+    kwargs = {"num_subjects": 3, "shape": (16, 16, 16), "num_validation": 1, "num_test": 1}
+    # The same folder spelled differently still counts as the default one.
+    path = resolve_datalist(
+        str(default) + "/", default_dir=str(tmp_path / "data" / ".." / "data" / "synthetic"), **kwargs
+    )
+    assert os.path.isfile(path)
+    assert len(load_split(path, "training")) == 1 and len(load_split(path, "test")) == 1
+    # Elsewhere the folder must exist: nothing is generated for a typo.
+    _raises("does not exist", resolve_datalist, str(tmp_path / "typo"), default_dir=str(default), **kwargs)
+
+
+def test_decathlon_layout_split(tmp_path):
+    _decathlon(tmp_path, cases=10, test_images=2)
+    (tmp_path / "imagesTr" / "._case_00.nii.gz").write_bytes(b"macOS resource fork")
+    path = resolve_datalist(str(tmp_path))
+    assert path == str(tmp_path / "datalist.json")
+    with open(path) as f:
+        datalist = json.load(f)
+    assert [len(datalist[k]) for k in ("training", "validation", "test", "inference")] == [7, 1, 2, 2]
+    assert datalist["test"][-1] == {"image": "imagesTr/case_09.nii.gz", "label": "labelsTr/case_09.nii.gz"}
+    assert datalist["validation"] == [{"image": "imagesTr/case_07.nii.gz", "label": "labelsTr/case_07.nii.gz"}]
+    items = load_split(path, "training")
+    assert items[0]["image"] == str(tmp_path / "imagesTr" / "case_00.nii.gz") and os.path.isfile(items[0]["label"])
+    assert check_volumes(items, allowed_labels=[0]) is items
+
+    # A datalist this module wrote follows the folder when cases are added.
+    _decathlon(tmp_path, cases=20)
+    assert resolve_datalist(str(tmp_path)) == path
+    with open(path) as f:
+        datalist = json.load(f)
+    assert [len(datalist[k]) for k in ("training", "validation", "test")] == [14, 2, 4]
+
+
+def test_decathlon_small_counts_and_cache_dir(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _decathlon(data, cases=3)
+    path = resolve_datalist(str(data), cache_dir=str(cache))
+    assert path == str(cache / "datalist.json") and not (data / "datalist.json").exists()
+    with open(path) as f:
+        datalist = json.load(f)
+    assert [len(datalist[k]) for k in ("training", "validation", "test")] == [1, 1, 1]
+    assert os.path.isabs(datalist["training"][0]["image"])  # outside the dataset, paths must be absolute
+    assert os.path.isfile(load_split(path, "test")[0]["label"])
+
+
+def test_read_only_dataset_goes_to_temp(tmp_path, monkeypatch):
+    _decathlon(tmp_path, cases=3)
+    monkeypatch.setattr(os, "access", lambda *args: False)
+    path = resolve_datalist(str(tmp_path))
+    assert not path.startswith(str(tmp_path)) and os.path.isfile(load_split(path, "validation")[0]["image"])
+    os.remove(path)
+
+
+def test_decathlon_errors(tmp_path):
+    _decathlon(tmp_path, cases=2)
+    _raises("has 2 labelled volumes; expected at least 3", resolve_datalist, str(tmp_path))
+    _save(tmp_path / "imagesTr" / "extra.nii.gz", np.zeros(SHAPE, dtype=np.float32))
+    _raises(r"images without labels \['extra'\]", resolve_datalist, str(tmp_path))
+
+
+def test_nnunet_channel_suffix(tmp_path):
+    for i in range(3):
+        _save(tmp_path / "imagesTr" / f"c{i}_0000.nii.gz", np.zeros(SHAPE, dtype=np.float32))
+        _save(tmp_path / "labelsTr" / f"c{i}.nii.gz", np.zeros(SHAPE, dtype=np.uint8))
+    items = load_split(resolve_datalist(str(tmp_path)), "training")
+    assert items[0]["image"].endswith("c0_0000.nii.gz") and items[0]["label"].endswith("c0.nii.gz")
+
+
+# load_split and list_volumes ----------------------------------------------------------------------------------------
+
+
+def test_load_split_errors(tmp_path):
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"name": "x", "training": [{"image": "a.nii.gz", "label": "b.nii.gz"}], "test": []}))
+    message = _raises("has no key 'validation'", load_split, str(path), "validation")
+    assert str(path) in message and "['training', 'test']" in message
+    _raises("key 'test' is empty", load_split, str(path), "test")
+    assert load_split(str(path), "training") == [
+        {"image": str(tmp_path / "a.nii.gz"), "label": str(tmp_path / "b.nii.gz")}
+    ]
+    path.write_text("{not json")
+    _raises("cannot read datalist", load_split, str(path), "training")
+    _raises("does not exist", load_split, str(tmp_path / "none.json"), "training")
+
+
+def test_list_volumes(tmp_path):
+    for name in ("b.nii.gz", "a.nii", "c.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [v["image"] for v in list_volumes(str(tmp_path))] == [str(tmp_path / "a.nii"), str(tmp_path / "b.nii.gz")]
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"test": ["x.nii.gz"]}))
+    assert list_volumes(str(datalist)) == [{"image": str(tmp_path / "x.nii.gz")}]
+    datalist.write_text(json.dumps({"test": [], "inference": [{"image": "y.nii.gz"}]}))
+    assert list_volumes(str(datalist)) == [{"image": str(tmp_path / "y.nii.gz")}]
+    datalist.write_text(json.dumps({"training": []}))
+    _raises("no 'test' or 'inference' volumes", list_volumes, str(datalist))
+    _raises("does not exist", list_volumes, str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    _raises("holds no NIfTI volumes", list_volumes, str(tmp_path / "empty"))
+
+
+# check_volumes ------------------------------------------------------------------------------------------------------
+
+
+def test_check_valid_and_returns_items(tmp_path):
+    items = [_pair(tmp_path, "a"), _pair(tmp_path, "b"), {"image": _pair(tmp_path, "c")["image"]}]
+    assert check_volumes(items, allowed_labels=[0, 1, 2]) is items
+    assert check_volumes(items, allowed_labels=3) is items
+    assert check_volumes(items) is items
+
+
+def test_check_missing_file(tmp_path):
+    item = _pair(tmp_path)
+    os.remove(item["label"])
+    _raises(f"^label '{item['label']}' does not exist$", check_volumes, [item])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_check_truncated(tmp_path, suffix):
+    data = np.random.default_rng(1).normal(size=(24, 24, 24)).astype(np.float32)
+    path = _save(tmp_path / f"img{suffix}", data)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    message = _raises(f"^cannot read NIfTI '{path}': ", check_volumes, [{"image": path}])
+    assert len(message) > len(f"cannot read NIfTI '{path}': ")
+
+
+def test_check_corrupted_gzip(tmp_path):
+    # nibabel alone would return the damaged intensities: the gzip CRC must be checked.
+    path = _save(tmp_path / "img.nii.gz", np.random.default_rng(1).normal(size=(24, 24, 24)).astype(np.float32))
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+    open(path, "wb").write(raw)
+    _raises(f"^cannot read NIfTI '{path}': CRC check failed$", check_volumes, [{"image": path}])
+
+
+def test_check_not_nifti(tmp_path):
+    path = tmp_path / "fake.nii.gz"
+    path.write_text("this is not a volume")
+    _raises(f"cannot read NIfTI '{path}'", check_volumes, [{"image": str(path)}])
+
+
+def test_check_shape_mismatch(tmp_path):
+    image = _pair(tmp_path, "a")["image"]
+    label = _pair(tmp_path, "b", shape=(12, 10, 9))["label"]
+    message = _raises("expected equal shapes", check_volumes, [{"image": image, "label": label}])
+    assert image in message and label in message and "(12, 10, 8)" in message and "(12, 10, 9)" in message
+
+
+def test_check_label_values_out_of_range(tmp_path):
+    item = _pair(tmp_path, labels=(0, 3, 29, 30))
+    message = _raises(r"has values \[29, 30\] outside the declared labels 0\.\.18$", check_volumes, [item], range(19))
+    assert item["label"] in message
+    _raises(r"outside the declared labels \[0, 3, 7\]", check_volumes, [_pair(tmp_path, "b", labels=(0, 5))], [0, 3, 7])
+
+
+def test_check_non_integer_label(tmp_path):
+    image = _pair(tmp_path)["image"]
+    label = _save(tmp_path / "float_seg.nii.gz", np.full(SHAPE, 0.5, dtype=np.float32))
+    _raises("non-integer values", check_volumes, [{"image": image, "label": label}])
+    whole = _save(tmp_path / "whole_seg.nii.gz", np.ones(SHAPE, dtype=np.float32))
+    check_volumes([{"image": image, "label": whole}], allowed_labels=2)  # integer-valued floats are labels
+
+
+def test_check_nan_image(tmp_path):
+    data = np.zeros(SHAPE, dtype=np.float32)
+    data[1, 2, 3], data[2, 2, 2] = np.nan, np.inf
+    path = _save(tmp_path / "nan.nii.gz", data)
+    _raises(
+        f"^image '{path}' has 2 NaN or infinite values; expected finite intensities$", check_volumes, [{"image": path}]
+    )
+
+
+def test_check_dimensions(tmp_path):
+    four = _save(tmp_path / "four.nii.gz", np.zeros((*SHAPE, 3), dtype=np.float32))
+    _raises(r"has shape \(12, 10, 8, 3\); expected a 3D volume", check_volumes, [{"image": four}])
+    flat = _save(tmp_path / "flat.nii.gz", np.zeros(SHAPE[:2], dtype=np.float32))
+    _raises("expected a 3D volume", check_volumes, [{"image": flat}])
+    single = _save(tmp_path / "single.nii.gz", np.zeros((*SHAPE, 1), dtype=np.float32))
+    label = _pair(tmp_path)["label"]
+    check_volumes([{"image": single, "label": label}], allowed_labels=3)  # a trailing channel of 1 is a 3D volume
+
+
+def test_check_bad_items(tmp_path):
+    _raises("datalist item 0 .* expected a dict with an 'image' path", check_volumes, [{"label": "x"}])
+    _raises("is not a file path", check_volumes, [{"image": ["a.nii.gz", "b.nii.gz"]}])
+    # The first failing item in datalist order is reported, whatever thread finished first.
+    good = _pair(tmp_path)
+    _raises("'missing_1.nii.gz' does not exist", check_volumes, [good, {"image": "missing_1.nii.gz"}, {"image": "m2"}])
