@@ -141,7 +141,7 @@ def test_read_only_dataset_goes_to_temp(tmp_path, monkeypatch):
 
 def test_decathlon_errors(tmp_path):
     _decathlon(tmp_path, cases=2)
-    _raises("has 2 labelled volumes; expected at least 3", resolve_datalist, str(tmp_path))
+    _raises("has 2 labelled volumes; expected enough for at least 1 training", resolve_datalist, str(tmp_path))
     _save(tmp_path / "imagesTr" / "extra.nii.gz", np.zeros(SHAPE, dtype=np.float32))
     _raises(r"images without labels \['extra'\]", resolve_datalist, str(tmp_path))
 
@@ -271,8 +271,35 @@ def test_check_dimensions(tmp_path):
 
 
 def test_check_bad_items(tmp_path):
-    _raises("datalist item 0 .* expected a dict with an 'image' path", check_volumes, [{"label": "x"}])
+    _raises("datalist item 0 .* expected a dict with an 'image' path", check_volumes, [{"mask": "x"}])
+    _raises("label 'x' does not exist", check_volumes, [{"label": "x"}])  # label maps alone are accepted
     _raises("is not a file path", check_volumes, [{"image": ["a.nii.gz", "b.nii.gz"]}])
     # The first failing item in datalist order is reported, whatever thread finished first.
     good = _pair(tmp_path)
     _raises("'missing_1.nii.gz' does not exist", check_volumes, [good, {"image": "missing_1.nii.gz"}, {"image": "m2"}])
+
+
+def test_image_and_label_with_different_affines_are_refused(tmp_path):
+    item = _pair(tmp_path)
+    shifted = nib.load(item["label"])
+    affine = shifted.affine.copy()
+    affine[0, 3] += 2.0
+    nib.save(nib.Nifti1Image(np.asarray(shifted.dataobj), affine), item["label"])
+    _raises(r"have different affines \(largest difference 2 mm\)", check_volumes, [item])
+
+
+def test_label_map_folder_split_and_errors(tmp_path):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for i in range(7):
+        _save(str(maps / f"map_{i:02d}.nii.gz"), np.full(SHAPE, i % 3, dtype=np.uint8))
+    path = resolve_datalist(str(maps), label_maps=True, num_validation=1, num_test=3, cache_dir=str(tmp_path))
+    splits = {k: load_split(path, k) for k in ("training", "validation", "test")}
+    assert [len(v) for v in splits.values()] == [3, 1, 3]
+    assert all(set(item) == {"label"} for v in splits.values() for item in v)
+    assert os.path.basename(splits["test"][-1]["label"]) == "map_06.nii.gz"
+    assert check_volumes(splits["training"], allowed_labels=[0, 1, 2]) == splits["training"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _raises("label map folder '.*' holds no NIfTI label maps", resolve_datalist, str(empty), label_maps=True)
+    _raises("has 7 labelled volumes; expected enough", resolve_datalist, str(maps), label_maps=True, num_test=7)

@@ -93,7 +93,57 @@ def _write_json(data: dict, path: str) -> None:
         raise
 
 
-def _decathlon_split(dataset_dir: str, relative_to: str | None) -> dict:
+def _split_counts(
+    num_cases: int, dataset_dir: str, num_validation: int | None, num_test: int | None
+) -> tuple[int, int, int]:
+    """(training, validation, test) counts: the given ones, else the last 20% (at least 1) test and 10% validation."""
+    num_test = max(1, num_cases // 5) if num_test is None else num_test
+    num_validation = max(1, num_cases // 10) if num_validation is None else num_validation
+    num_training = num_cases - num_test - num_validation
+    if num_training < 1 or num_validation < 1 or num_test < 0:
+        raise ValueError(
+            f"dataset_dir '{dataset_dir}' has {num_cases} labelled volumes; expected enough for at least 1 training "
+            f"and 1 validation volume besides {num_test} test volumes"
+        )
+    return num_training, num_validation, num_test
+
+
+def _label_map_split(
+    dataset_dir: str, relative_to: str | None, num_validation: int | None, num_test: int | None
+) -> dict:
+    """Deterministic split of a folder of label maps (no images: they are synthesised), sorted by name.
+
+    Args:
+        dataset_dir: folder of NIfTI label maps.
+        relative_to: folder the paths are written relative to; ``None`` writes absolute paths.
+        num_validation: validation maps (taken before the test maps); ``None``: 10% (at least 1).
+        num_test: test maps (the last by name); ``None``: 20% (at least 1).
+
+    Returns:
+        the datalist as a dict, items ``{"label": path}``.
+    """
+    names = _nifti_files(dataset_dir)
+    if not names:
+        raise ValueError(f"label map folder '{dataset_dir}' holds no NIfTI label maps (*.nii, *.nii.gz)")
+    num_training, num_validation, num_test = _split_counts(len(names), dataset_dir, num_validation, num_test)
+    items = [
+        {"label": os.path.relpath(full, relative_to) if relative_to else os.path.abspath(full)}
+        for full in (os.path.join(dataset_dir, n) for n in names)
+    ]
+    return {
+        "name": os.path.basename(os.path.normpath(dataset_dir)),
+        "description": f"label maps by name: last {num_test} test, {num_validation} before them validation",
+        "generated_by": _GENERATED_BY,
+        "dataset_dir": os.path.abspath(dataset_dir),
+        "training": items[:num_training],
+        "validation": items[num_training : num_training + num_validation],
+        "test": items[num_training + num_validation :],
+    }
+
+
+def _decathlon_split(
+    dataset_dir: str, relative_to: str | None, num_validation: int | None = None, num_test: int | None = None
+) -> dict:
     """Deterministic split of a Decathlon layout (``imagesTr/``, ``labelsTr/``, optional ``imagesTs/``).
 
     Sorted by name, the last 20% (at least 1) are the test split, the 10% before them (at least 1) validation, the
@@ -124,13 +174,7 @@ def _decathlon_split(dataset_dir: str, relative_to: str | None) -> dict:
             f"{orphans[:5]}; expected the same file names in imagesTr/ and labelsTr/"
         )
     cases = sorted(images)
-    num_test, num_validation = max(1, len(cases) // 5), max(1, len(cases) // 10)
-    num_training = len(cases) - num_test - num_validation
-    if num_training < 1:
-        raise ValueError(
-            f"dataset_dir '{dataset_dir}' has {len(cases)} labelled volumes; expected at least 3 to split into "
-            "training, validation and test"
-        )
+    num_training, num_validation, num_test = _split_counts(len(cases), dataset_dir, num_validation, num_test)
 
     def path(*parts: str) -> str:
         full = os.path.join(dataset_dir, *parts)
@@ -157,6 +201,9 @@ def resolve_datalist(
     default_dir: str | None = None,
     datalist: str | None = None,
     cache_dir: str | None = None,
+    label_maps: bool = False,
+    num_validation: int | None = None,
+    num_test: int | None = None,
     **generate_kwargs,
 ) -> str:
     """Path of a Decathlon-style datalist JSON for the data a run is given.
@@ -170,7 +217,13 @@ def resolve_datalist(
         dataset_dir: folder of the data.
         default_dir: folder of the bundle's generated default dataset; ``None`` never generates.
         datalist: an explicit datalist JSON; overrides the folder.
-        cache_dir: where to write a datalist built from a Decathlon layout.
+        cache_dir: where to write a datalist built from a Decathlon layout or a label map folder.
+        label_maps: ``dataset_dir`` is a folder of label maps without images (they are synthesised); its split has
+            items ``{"label": path}``.
+        num_validation: validation volumes of a split built here or of the generated dataset (default: 10% of a
+            folder, at least 1; the generator's own default).
+        num_test: test volumes of a split built here or of the generated dataset (default: 20% of a folder, at
+            least 1; the generator's own default).
         generate_kwargs: arguments of :py:func:`scripts.data.synthetic.generate_dataset` for the default dataset.
 
     Returns:
@@ -184,7 +237,10 @@ def resolve_datalist(
             raise ValueError(f"datalist '{datalist}' does not exist")
         return datalist
     if default_dir and os.path.realpath(dataset_dir) == os.path.realpath(default_dir):
-        return ensure_default_dataset(dataset_dir, **generate_kwargs)
+        counts = {"num_validation": num_validation, "num_test": num_test}
+        return ensure_default_dataset(
+            dataset_dir, **{k: v for k, v in counts.items() if v is not None}, **generate_kwargs
+        )
     if os.path.isfile(dataset_dir) and dataset_dir.endswith(".json"):
         return dataset_dir
     if not os.path.isdir(dataset_dir):
@@ -196,7 +252,7 @@ def resolve_datalist(
     has_layout = os.path.isdir(os.path.join(dataset_dir, "imagesTr")) or os.path.isdir(
         os.path.join(dataset_dir, "labelsTr")
     )
-    if not has_layout:
+    if not has_layout and not label_maps:
         loose = _nifti_files(dataset_dir)
         if loose:
             raise ValueError(
@@ -216,7 +272,11 @@ def resolve_datalist(
         target = os.path.join(tempfile.gettempdir(), f"datalist_{digest}.json")
     # Relative paths keep a datalist inside the dataset portable; anywhere else they must be absolute.
     inside = os.path.realpath(os.path.dirname(target)) == os.path.realpath(dataset_dir)
-    split = _decathlon_split(dataset_dir, relative_to=dataset_dir if inside else None)
+    relative_to = dataset_dir if inside else None
+    if label_maps:
+        split = _label_map_split(dataset_dir, relative_to, num_validation, num_test)
+    else:
+        split = _decathlon_split(dataset_dir, relative_to, num_validation, num_test)
     # Rewrite only on change: concurrent ranks then agree and the file's time records the last real change.
     if not os.path.isfile(target) or _read_json(target) != split:
         _write_json(split, target)
@@ -298,7 +358,7 @@ def _load(path: str) -> nib.spatialimages.SpatialImage:
     return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
 
 
-def _read_volume(path: object, role: str) -> np.ndarray:
+def _read_volume(path: object, role: str) -> tuple[np.ndarray, np.ndarray]:
     """Read a whole volume (which also proves the file is not truncated) as a 3D array.
 
     Args:
@@ -306,14 +366,15 @@ def _read_volume(path: object, role: str) -> np.ndarray:
         role: ``"image"`` or ``"label"``, for messages.
 
     Returns:
-        the 3D data array.
+        the 3D data array and the 4x4 affine.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{role} {path!r} is not a file path; expected one NIfTI file per item")
     if not os.path.isfile(path):
         raise ValueError(f"{role} '{path}' does not exist")
     try:
-        data = np.asanyarray(_load(str(path)).dataobj)
+        volume = _load(str(path))
+        data = np.asanyarray(volume.dataobj)
     except _READ_ERRORS as e:
         raise ValueError(f"cannot read NIfTI '{path}': {_one_line(e)}") from e
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -322,7 +383,7 @@ def _read_volume(path: object, role: str) -> np.ndarray:
         raise ValueError(
             f"{role} '{path}' has shape {tuple(data.shape)}; expected a 3D volume (4D only with a last dimension of 1)"
         )
-    return data
+    return data, np.asarray(volume.affine)
 
 
 def _label_values(data: np.ndarray, path: object) -> list[int]:
@@ -355,12 +416,14 @@ def check_volumes(
     allowed_labels: Sequence[int] | int | None = None,
     image_key: str = "image",
     label_key: str = "label",
+    affine_tolerance: float = 1e-3,
 ) -> Sequence[dict]:
     """Check every volume of a datalist before training, evaluation or inference starts.
 
     For every item: the files exist and read completely; image and label are 3D (a last dimension of 1 is allowed)
-    and of equal shape; the image is finite; the label holds integers within ``allowed_labels``. Items without
-    ``label_key`` (inference) only have their image checked.
+    and of equal shape and affine; the image is finite; the label holds integers within ``allowed_labels``. Items
+    without ``label_key`` (inference) only have their image checked, items without ``image_key`` (label maps from
+    which images are synthesised) only their label.
 
     Args:
         items: datalist items, such as ``{"image": path, "label": path}``.
@@ -368,6 +431,7 @@ def check_volumes(
             integers.
         image_key: key of the image path.
         label_key: key of the label path.
+        affine_tolerance: largest difference allowed between the image's and the label's affine entries (mm).
 
     Returns:
         ``items``, unchanged, so the check can wrap a datalist in a config expression.
@@ -381,23 +445,33 @@ def check_volumes(
 
     def check(index_item: tuple[int, dict]) -> None:
         index, item = index_item
-        if not isinstance(item, dict) or image_key not in item:
+        if not isinstance(item, dict) or (image_key not in item and label_key not in item):
             raise ValueError(f"datalist item {index} is {item!r}; expected a dict with an '{image_key}' path")
-        image_path = item[image_key]
-        image = _read_volume(image_path, "image")
-        if np.issubdtype(image.dtype, np.floating):
-            bad = int(np.count_nonzero(~np.isfinite(image)))
-            if bad:
-                raise ValueError(f"image '{image_path}' has {bad} NaN or infinite values; expected finite intensities")
+        image = image_affine = label = None
+        if image_key in item:
+            image_path = item[image_key]
+            image, image_affine = _read_volume(image_path, "image")
+            if np.issubdtype(image.dtype, np.floating):
+                bad = int(np.count_nonzero(~np.isfinite(image)))
+                if bad:
+                    raise ValueError(
+                        f"image '{image_path}' has {bad} NaN or infinite values; expected finite intensities"
+                    )
         if label_key not in item:
             return
         label_path = item[label_key]
-        label = _read_volume(label_path, "label")
-        if label.shape != image.shape:
-            raise ValueError(
-                f"image '{image_path}' has shape {tuple(image.shape)} but label '{label_path}' has shape "
-                f"{tuple(label.shape)}; expected equal shapes"
-            )
+        label, label_affine = _read_volume(label_path, "label")
+        if image is not None:
+            if label.shape != image.shape:
+                raise ValueError(
+                    f"image '{image_path}' has shape {tuple(image.shape)} but label '{label_path}' has shape "
+                    f"{tuple(label.shape)}; expected equal shapes"
+                )
+            if not np.allclose(label_affine, image_affine, atol=affine_tolerance):
+                raise ValueError(
+                    f"image '{image_path}' and label '{label_path}' have different affines (largest difference "
+                    f"{np.abs(label_affine - image_affine).max():.3g} mm); expected the label on the image's grid"
+                )
         values = _label_values(label, label_path)
         if allowed is not None:
             unexpected = [v for v in values if v not in allowed]
