@@ -113,3 +113,86 @@ def test_ct_protocol_refuses_unknown_label_values(tmp_path):
     result = bundle("run", "training", "--config_file", f"['{TRAIN}','{CT}']", *args, cwd=str(tmp_path), check=False)
     assert result.returncode != 0
     assert "seg.nii.gz' has values [200] outside the declared labels 0..117" in result.stderr
+
+
+BRAIN = os.path.join(CONFIGS, "data", "brain27.yaml")
+EVALUATE = os.path.join(CONFIGS, "evaluate.yaml")
+
+
+def test_brain27_maps_freesurfer_labels_and_parcels():
+    parser = parse(TRAIN, BRAIN)
+    names = parser["label_names"]
+    remap = parser.get_parsed_content("remap_transforms")[0]
+    values = [2, 41, 1005, 2010, 24, 515, 60, 0, 17]
+    out = remap({"label": torch.tensor(values, dtype=torch.int16).view(1, 1, 1, -1)})["label"].flatten().tolist()
+    expected = ["left cerebral white matter", "right cerebral white matter", "left cerebral cortex",
+                "right cerebral cortex", "background", "background", "right ventral DC", "background",
+                "left hippocampus"]  # fmt: skip
+    assert out == [names.index(n) for n in expected]
+    assert parser["slice_axis"] == 1 and parser["axcodes"] == "RAS"  # coronal slices
+    assert len(names) == 28 and len(parser["freesurfer_labels"]) == 27
+
+
+def _freesurfer_maps(folder, count: int, shape=(32, 32, 32)) -> str:
+    """Label maps with FreeSurfer values, from the generated heads (3 mm), plus some extra-cerebral tissue (515)."""
+    from scripts.data.synthetic import FREESURFER_LABELS, generate_subject
+
+    os.makedirs(folder, exist_ok=True)
+    lut = np.asarray(FREESURFER_LABELS, dtype=np.int16)
+    for i in range(count):
+        _, label = generate_subject(i, shape=shape, seed=5)
+        fs = lut[label]
+        fs[:2] = 515  # a skull-like slab the protocol maps to background
+        _volume(os.path.join(folder, f"map_{i:02d}.nii.gz"), fs, np.diag([3.0, 3.0, 3.0, 1.0]))
+    return str(folder)
+
+
+def test_brain27_from_label_maps_trains_and_evaluates(tmp_path):
+    maps = _freesurfer_maps(tmp_path / "maps", 5)
+    config = f"['{TRAIN}','{BRAIN}']"
+    args = ["--source", "label_maps", "--dataset_dir", maps, "--num_test", "1", "--num_validation", "1",
+            "--spacing", "[3.0,3.0,3.0]", "--slice_size", "[32,32]", "--features", "4", "--epochs", "1",
+            "--slices_per_volume", "2"]  # fmt: skip
+    args += ["--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "m")]
+    bundle("run", "training", "--config_file", config, *args, cwd=str(tmp_path))
+    bundle("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}','{BRAIN}']", *args, cwd=str(tmp_path))
+    summary = json.load(open(tmp_path / "out" / "eval" / "dice_summary.json"))
+    assert summary["volumes"] == ["map_04.nii.gz"] and len(summary["structures"]) == 27
+    source, seg = nib.load(os.path.join(maps, "map_04.nii.gz")), nib.load(
+        str(tmp_path / "out" / "eval" / "predictions" / "map_04_seg.nii.gz")
+    )
+    assert seg.shape == source.shape and np.allclose(seg.affine, source.affine)
+    split = json.load(open(tmp_path / "out" / "datalist.json"))  # the split is recorded beside the outputs
+    assert [len(split[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
+
+
+def test_brain27_refuses_unknown_values_and_empty_folders(tmp_path):
+    maps = _freesurfer_maps(tmp_path / "maps", 3)
+    bad = nib.load(os.path.join(maps, "map_00.nii.gz"))
+    data = np.asarray(bad.dataobj).copy()
+    data[0, 0, :2] = [99, 1234]
+    nib.save(nib.Nifti1Image(data, bad.affine), os.path.join(maps, "map_00.nii.gz"))
+    io = ["--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "m"), "--source", "label_maps"]
+    config = f"['{TRAIN}','{BRAIN}']"
+    result = bundle("run", "training", "--config_file", config, "--dataset_dir", maps, "--num_test", "1",
+                    "--num_validation", "1", *io, cwd=str(tmp_path), check=False)  # fmt: skip
+    assert (
+        result.returncode != 0 and "map_00.nii.gz' has values [99, 1234] outside the declared labels" in result.stderr
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = bundle("run", "training", "--config_file", config, "--dataset_dir", str(empty), *io, cwd=str(tmp_path),
+                    check=False)  # fmt: skip
+    assert result.returncode != 0 and f"label map folder '{empty}' holds no NIfTI label maps" in result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir(BRAIN_DIR), reason="shared brain label maps not present")
+def test_brain27_on_the_shared_label_maps(tmp_path):
+    args = ["--source", "label_maps", "--dataset_dir", BRAIN_DIR, "--num_test", "1", "--num_validation", "1",
+            "--spacing", "[4.0,4.0,4.0]", "--slice_size", "[64,64]", "--features", "4", "--epochs", "1",
+            "--slices_per_volume", "1"]  # fmt: skip
+    args += ["--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "m")]
+    result = bundle("run", "training", "--config_file", f"['{TRAIN}','{BRAIN}']", *args, cwd=str(tmp_path))
+    assert "val_mean_dice" in result.stdout + result.stderr
+    split = json.load(open(tmp_path / "out" / "datalist.json"))
+    assert [len(split[k]) for k in ("training", "validation", "test")] == [18, 1, 1]
