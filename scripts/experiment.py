@@ -1,0 +1,651 @@
+"""The paper's experiment in one command: a grid of networks x SE variants through the bundle runner, then its report.
+
+    # train and evaluate every (arch, se) of the grid, each in runs/NAME/<arch>_<se>/
+    python -m scripts.experiment run --out runs/NAME --archs unet sdnet densenet --se none cse sse scse \\
+        [--config configs/data/brain27.yaml --config configs/profiles/cpu.yaml] [--seed 0] [-- --features 32 ...]
+    # Table 1 (table1.md, table1.csv), Figures 2-4 and runs.csv from the finished runs
+    python -m scripts.experiment report --runs runs/NAME --out docs/results/NAME [--network densenet]
+
+Every run is two subprocesses, ``python -m monai.bundle run training`` and ``run evaluating``, with the configs
+``configs/train.yaml`` + the ``--config`` files (+ ``configs/evaluate.yaml`` for the evaluation), ``--bundle_root`` this
+bundle, ``--arch``, ``--se``, ``--seed``, ``--ckpt_dir <run>/models``, ``--output_dir <run>/outputs`` and the extra
+overrides given after ``--``; their output goes to ``<run>/train.log`` and ``<run>/evaluate.log``. ``run.json`` is
+written last (settings, git commit, wall times, the datalist and test items, the per-volume per-structure test Dice,
+``"status": "done"``), so:
+
+- a run folder with a done ``run.json`` is skipped (an error if it was run with other settings);
+- a run folder without one (an interrupted run) is cleared and run again;
+- a failing run stops the grid with a one-line error naming the run and its log, and leaves no ``run.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ExperimentError",
+    "RunSpec",
+    "load_runs",
+    "main",
+    "make_report",
+    "parse_overrides",
+    "run_grid",
+    "run_one",
+]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_CONFIG = os.path.join(ROOT, "configs", "train.yaml")
+EVAL_CONFIG = os.path.join(ROOT, "configs", "evaluate.yaml")
+RUN_JSON = "run.json"
+TRAIN_LOG = "train.log"
+EVAL_LOG = "evaluate.log"
+CKPT_SUBDIR = "models"
+OUTPUT_SUBDIR = "outputs"
+# keys the runner sets for every run; an extra override of one of them would break the grid's layout
+RESERVED_KEYS = ("arch", "se", "seed", "ckpt_dir", "output_dir", "bundle_root", "config_file")
+# the paper's grid, for the report's list of missing runs
+SE_VARIANTS = ("none", "cse", "sse", "scse")
+
+
+class ExperimentError(Exception):
+    """A one-line error of the experiment runner (bad input, a failed run, inconsistent run folders)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# running the grid
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def parse_overrides(tokens: Sequence[str]) -> list[str]:
+    """Check the bundle overrides given after ``--``: ``--key value`` or ``--key=value``, none of the reserved keys.
+
+    Returns:
+        the overrides as ``["--key", "value", ...]``.
+
+    Raises:
+        ExperimentError: on a malformed or reserved override.
+    """
+    out, i = [], 0
+    tokens = list(tokens)
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise ExperimentError(f"override '{token}' is not of the form --key value or --key=value")
+        if "=" in token:
+            key, value = token[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens):
+                raise ExperimentError(f"override '{token}' has no value")
+            key, value = token[2:], tokens[i + 1]
+            i += 2
+        if not key:
+            raise ExperimentError(f"override '{token}' has no key")
+        if key in RESERVED_KEYS:
+            raise ExperimentError(f"override --{key} is set by the runner for every run; use the runner's own options")
+        out += [f"--{key}", value]
+    return out
+
+
+def _override_values(overrides: Sequence[str]) -> dict:
+    """``{key: value}`` of checked overrides, values read as Python literals where they are (as the runner's ``fire``
+    does), else kept as strings."""
+    values = {}
+    for key, text in zip(overrides[::2], overrides[1::2]):
+        try:
+            values[key[2:]] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key[2:]] = text
+    return values
+
+
+def resolve_config_files(paths: Sequence[str]) -> list[str]:
+    """Absolute paths of extra config files: as given (relative to the working folder), else relative to the bundle.
+
+    Raises:
+        ExperimentError: when a file is in neither place.
+    """
+    out = []
+    for path in paths:
+        for candidate in (os.path.abspath(path), os.path.join(ROOT, path)):
+            if os.path.isfile(candidate):
+                out.append(os.path.normpath(candidate))
+                break
+        else:
+            raise ExperimentError(f"config file '{path}' does not exist (looked in {os.getcwd()} and {ROOT})")
+    return out
+
+
+def git_commit(root: str = ROOT) -> dict | None:
+    """``{"commit", "dirty"}`` of the bundle's git checkout (read-only git commands), or ``None`` without git."""
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # never take the index lock of a checkout others work in
+    try:
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, env=env, timeout=30
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return {"commit": commit.stdout.strip(), "dirty": dirty}
+
+
+@dataclass
+class RunSpec:
+    """One (arch, se) run of a grid.
+
+    Args:
+        arch: ``--arch`` of the bundle.
+        se: ``--se`` of the bundle.
+        seed: ``--seed`` of the bundle.
+        folder: the run's folder (``<out>/<arch>_<se>``).
+        configs: extra config files merged after ``configs/train.yaml`` (absolute paths).
+        overrides: extra bundle overrides, ``["--key", "value", ...]``.
+    """
+
+    arch: str
+    se: str
+    seed: int
+    folder: str
+    configs: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}_{self.se}"
+
+    @property
+    def train_configs(self) -> list[str]:
+        return [TRAIN_CONFIG, *self.configs]
+
+    @property
+    def eval_configs(self) -> list[str]:
+        return [TRAIN_CONFIG, *self.configs, EVAL_CONFIG]
+
+    def settings(self) -> dict:
+        """What a finished run must share with this spec to be reused."""
+        return {
+            "arch": self.arch,
+            "se": self.se,
+            "seed": self.seed,
+            "config_files": {"training": self.train_configs, "evaluating": self.eval_configs},
+            "overrides": list(self.overrides),
+        }
+
+    def command(self, run_id: str) -> list[str]:
+        """The bundle runner's command line for ``training`` or ``evaluating``."""
+        configs = self.train_configs if run_id == "training" else self.eval_configs
+        return [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            run_id,
+            "--config_file",
+            str(configs),
+            "--bundle_root",
+            ROOT,
+            "--arch",
+            self.arch,
+            "--se",
+            self.se,
+            "--seed",
+            str(self.seed),
+            "--ckpt_dir",
+            os.path.join(self.folder, CKPT_SUBDIR),
+            "--output_dir",
+            os.path.join(self.folder, OUTPUT_SUBDIR),
+            *self.overrides,
+        ]
+
+
+_CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
+
+
+def _last_error_line(log: str) -> str:
+    """The root cause of the last (chained) traceback of a log, e.g. ``ValueError: ...`` rather than the runner's
+    ``RuntimeError: Failed to instantiate ...`` that wraps it; else the last line naming an exception, else the last
+    non-empty line (at most 300 characters)."""
+    try:
+        with open(log, errors="replace") as f:
+            lines = [line.rstrip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    is_error = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b")
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        k = len(starts) - 1
+        while k > 0 and lines[starts[k] - 1].startswith(_CHAINED):
+            k -= 1
+        for line in lines[starts[k] :]:
+            if is_error.match(line):
+                return line[:300]
+    for line in reversed(lines):
+        if is_error.match(line):
+            return line[:300]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _run_step(spec: RunSpec, run_id: str, log: str, env: Mapping[str, str] | None) -> float:
+    """Run one bundle command with its output in ``log``; returns its wall time in seconds."""
+    cmd = spec.command(run_id)
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        result = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(env or os.environ, PYTHONUNBUFFERED="1")
+        )
+    if result.returncode != 0:
+        detail = _last_error_line(log)
+        raise ExperimentError(
+            f"run {spec.name} failed in {run_id} (exit code {result.returncode})"
+            + (f": {detail}" if detail else "")
+            + f"; log: {log}"
+        )
+    return time.perf_counter() - start
+
+
+def _resolve_test_split(spec: RunSpec) -> dict:
+    """The datalist, test items and label names the run used, resolved from its configs as the runner does."""
+    from monai.bundle import ConfigParser
+
+    from scripts.data.datalist import load_split
+
+    parser = ConfigParser()
+    parser.read_config(spec.eval_configs)
+    parser.update({"bundle_root": ROOT, "seed": spec.seed, **_override_values(spec.overrides)})
+    datalist = os.path.abspath(parser.get_parsed_content("datalist_file"))
+    items = [{k: os.path.abspath(str(v)) for k, v in item.items()} for item in load_split(datalist, "test")]
+    return {"datalist": datalist, "test_items": items, "label_names": list(parser.get_parsed_content("label_names"))}
+
+
+def _read_record(folder: str) -> dict | None:
+    path = os.path.join(folder, RUN_JSON)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json_atomic(data: dict, path: str) -> None:
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run_one(spec: RunSpec, env: Mapping[str, str] | None = None, git: dict | None = None) -> dict:
+    """Train and evaluate one run of the grid, or reuse it when it is done; see the module docstring.
+
+    Args:
+        spec: the run.
+        env: environment of the bundle subprocesses (default: this process's).
+        git: the git commit to record (default: looked up).
+
+    Returns:
+        the run's record (the content of ``run.json``) with ``"skipped": True`` when reused.
+
+    Raises:
+        ExperimentError: when the run fails, or its folder holds a done run with other settings.
+    """
+    record = _read_record(spec.folder)
+    if record is not None and record.get("status") == "done":
+        wanted = spec.settings()
+        differing = [k for k, v in wanted.items() if record.get(k) != v]
+        if differing:
+            raise ExperimentError(
+                f"run {spec.name} in {spec.folder} was done with other {', '.join(differing)}; use another --out or "
+                "delete the folder"
+            )
+        return {**record, "skipped": True}
+    if os.path.exists(spec.folder):
+        shutil.rmtree(spec.folder)
+    os.makedirs(spec.folder)
+    wall = {
+        "training": _run_step(spec, "training", os.path.join(spec.folder, TRAIN_LOG), env),
+        "evaluating": _run_step(spec, "evaluating", os.path.join(spec.folder, EVAL_LOG), env),
+    }
+    from scripts.evaluation.report import PER_VOLUME_CSV
+    from scripts.evaluation.stats import load_dice_csv
+
+    eval_dir = os.path.join(OUTPUT_SUBDIR, "eval")
+    csv_path = os.path.join(spec.folder, eval_dir, PER_VOLUME_CSV)
+    try:
+        dice = load_dice_csv(csv_path)
+    except ValueError as e:
+        raise ExperimentError(f"run {spec.name}: {e}; log: {os.path.join(spec.folder, EVAL_LOG)}") from e
+    try:
+        split = _resolve_test_split(spec)
+    except Exception as e:  # the run itself succeeded: record why its inputs are unknown, figure 4 will skip it
+        split = {"datalist": None, "test_items": None, "label_names": None, "datalist_error": str(e).splitlines()[0]}
+    record = {
+        "name": spec.name,
+        **spec.settings(),
+        "commands": {"training": spec.command("training"), "evaluating": spec.command("evaluating")},
+        "git": git if git is not None else git_commit(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "wall_time_s": {k: round(v, 2) for k, v in wall.items()},
+        "ckpt_dir": CKPT_SUBDIR,
+        "output_dir": OUTPUT_SUBDIR,
+        "eval_dir": eval_dir,
+        **split,
+        "test_dice": dice.to_dict(),
+        "status": "done",
+    }
+    _write_json_atomic(record, os.path.join(spec.folder, RUN_JSON))
+    return record
+
+
+def _mean_dice(record: Mapping) -> float:
+    means = [v for v in record.get("test_dice", {}).get("volume_mean", []) if v is not None]
+    return sum(means) / len(means) if means else math.nan
+
+
+def run_grid(
+    out: str,
+    archs: Sequence[str],
+    ses: Sequence[str],
+    seed: int = 0,
+    configs: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> list[dict]:
+    """Run every (arch, se) of the grid in ``out/<arch>_<se>/``, printing progress; see the module docstring.
+
+    Returns:
+        the records of all runs, in grid order.
+
+    Raises:
+        ExperimentError: on bad input or the first failing run.
+    """
+    from scripts.networks import ARCHS, SE_TYPES
+
+    for kind, given, valid in (("arch", archs, ARCHS), ("se", ses, SE_TYPES)):
+        unknown = [v for v in given if v not in valid]
+        if unknown:
+            raise ExperimentError(f"unknown {kind} {unknown}; valid: {', '.join(valid)}")
+    configs = resolve_config_files(configs)
+    overrides = parse_overrides(overrides)
+    out = os.path.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    git = git_commit()
+    specs = [
+        RunSpec(a, s, seed, os.path.join(out, f"{a}_{s}"), configs, overrides)
+        for a in dict.fromkeys(archs)
+        for s in dict.fromkeys(ses)
+    ]
+    records, start, ran = [], time.perf_counter(), 0
+    for i, spec in enumerate(specs, start=1):
+        tag = f"[{i}/{len(specs)}] {spec.name}"
+        existing = _read_record(spec.folder)
+        if existing is None and os.path.exists(spec.folder):
+            print(f"{tag}: incomplete (no {RUN_JSON}), cleared and run again", flush=True)
+        elif existing is not None and existing.get("status") != "done":
+            print(f"{tag}: {RUN_JSON} not done, cleared and run again", flush=True)
+        elif existing is None:
+            print(f"{tag}: training and evaluating", flush=True)
+        record = run_one(spec, env=env, git=git)
+        if record.get("skipped"):
+            print(f"{tag}: done before ({RUN_JSON}), skipped", flush=True)
+        else:
+            ran += 1
+            wall = record["wall_time_s"]
+            print(
+                f"{tag}: trained in {wall['training']:.1f} s, evaluated in {wall['evaluating']:.1f} s, "
+                f"mean Dice {_mean_dice(record):.3f} over {len(record['test_dice']['volumes'])} test volumes",
+                flush=True,
+            )
+        records.append(record)
+    print(
+        f"grid done: {len(specs)} runs ({ran} run, {len(specs) - ran} skipped) in {time.perf_counter() - start:.1f} s; "
+        f"report: python -m scripts.experiment report --runs {out} --out docs/results/{os.path.basename(out)}",
+        flush=True,
+    )
+    return records
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_runs(runs_dir: str) -> tuple[dict[tuple[str, str], dict], list[str]]:
+    """The done runs of a grid folder, keyed by ``(arch, se)`` (each record with its ``folder``), and the names of the
+    run folders that are not done.
+
+    Raises:
+        ExperimentError: when ``runs_dir`` is not a folder.
+    """
+    if not os.path.isdir(runs_dir):
+        raise ExperimentError(f"runs folder '{runs_dir}' does not exist; expected the --out of 'run'")
+    done, incomplete = {}, []
+    for name in sorted(os.listdir(runs_dir)):
+        folder = os.path.join(runs_dir, name)
+        if not os.path.isdir(folder):
+            continue
+        record = _read_record(folder)
+        if record is None or record.get("status") != "done":
+            incomplete.append(name)
+            continue
+        done[(record["arch"], record["se"])] = {**record, "folder": folder}
+    return done, incomplete
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _figure4_inputs(plain: Mapping, scse: Mapping) -> tuple[dict | None, str]:
+    """Image, label and the two predictions for Figure 4 (the test volume scSE improves most), or why there are none."""
+    from scripts.evaluation.stats import DiceTable
+
+    a, b = DiceTable.from_dict(plain["test_dice"]), DiceTable.from_dict(scse["test_dice"])
+    scse_means = dict(zip(b.volumes, b.volume_means()))
+    common = [(scse_means[v] - m, v) for v, m in zip(a.volumes, a.volume_means()) if v in scse_means]
+    common = [(g if not math.isnan(g) else -math.inf, v) for g, v in common]
+    if not common:
+        return None, "the plain and scSE runs share no test volume"
+    volume = max(common)[1]
+    items = plain.get("test_items") or []
+    item = next((it for it in items if os.path.basename(it["image"]) == volume), None)
+    if item is None:
+        reason = plain.get("datalist_error") or f"volume {volume} is not among the test items recorded in run.json"
+        return None, f"the test image is unknown ({reason})"
+    for key in ("image", "label"):
+        if not os.path.isfile(item.get(key, "")):
+            return None, f"the run's test {key} '{item.get(key)}' is not on disk (synthesised or moved)"
+    preds = {}
+    for key, record in (("plain", plain), ("scse", scse)):
+        preds[key] = os.path.join(record["folder"], record["eval_dir"], "predictions", f"{_stem(volume)}_seg.nii.gz")
+        if not os.path.isfile(preds[key]):
+            return None, f"prediction '{preds[key]}' is missing"
+    return {"image": item["image"], "label": item["label"], **preds, "volume": volume}, ""
+
+
+def make_report(
+    runs_dir: str, out_dir: str, network: str | None = None, coronal_axis: int = 1, slice_index: int | None = None
+) -> dict[str, str]:
+    """Table 1, Figures 2-4 and ``runs.csv`` from the done runs of ``runs_dir``, written into ``out_dir``.
+
+    Args:
+        runs_dir: the grid folder (``--out`` of ``run``).
+        out_dir: where to write.
+        network: the architecture of Figures 2-4; default ``densenet`` (as the paper) if it has runs, else the one with
+            the most SE variants done.
+        coronal_axis: Figure 4's coronal axis (volumes reoriented to RAS: 1).
+        slice_index: Figure 4's slice; default: where the plain and scSE predictions differ most.
+
+    Returns:
+        ``{kind: path}`` of every file written.
+
+    Raises:
+        ExperimentError: without done runs, or when ``network`` has none.
+    """
+    from scripts.evaluation import figures
+    from scripts.evaluation.stats import DiceTable, write_table1
+
+    done, incomplete = load_runs(runs_dir)
+    if not done:
+        raise ExperimentError(f"runs folder '{runs_dir}' has no done run (no run.json with status done)")
+    archs = list(dict.fromkeys(a for a, _ in done))
+    missing = [f"{a}_{s}" for a in archs for s in SE_VARIANTS if (a, s) not in done]
+    print(f"{len(done)} done runs: {', '.join(f'{a}_{s}' for a, s in done)}")
+    if missing:
+        print(f"missing from the {len(archs)} x {len(SE_VARIANTS)} grid: {', '.join(missing)}")
+    if incomplete:
+        print(f"not done (ignored): {', '.join(incomplete)}")
+
+    tables = {key: DiceTable.from_dict(record["test_dice"]) for key, record in done.items()}
+    seeds = sorted({record.get("seed") for record in done.values()}, key=str)
+    title = f"Table 1: test Dice of {os.path.basename(os.path.normpath(runs_dir))} (seed {', '.join(map(str, seeds))})"
+    written = write_table1(tables, out_dir, title=title)
+
+    runs_csv = os.path.join(out_dir, "runs.csv")
+    with open(runs_csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "arch", "se", "seed", "train_s", "eval_s", "n_test", "mean_dice", "commit", "dirty"])
+        for (arch, se), record in done.items():
+            git = record.get("git") or {}
+            wall = record.get("wall_time_s", {})
+            writer.writerow(
+                [
+                    f"{arch}_{se}",
+                    arch,
+                    se,
+                    record.get("seed"),
+                    wall.get("training"),
+                    wall.get("evaluating"),
+                    len(record["test_dice"]["volumes"]),
+                    f"{_mean_dice(record):.4f}",
+                    git.get("commit", ""),
+                    git.get("dirty", ""),
+                ]
+            )
+    written["runs"] = runs_csv
+
+    if network is None:
+        counts = {a: sum((a, s) in done for s in SE_VARIANTS) for a in archs}
+        network = "densenet" if counts.get("densenet") else max(counts, key=counts.get)
+    elif not any(a == network for a, _ in done):
+        raise ExperimentError(f"network '{network}' has no done run in '{runs_dir}' (done: {', '.join(archs)})")
+    variants = {se: tables[(network, se)] for se in SE_VARIANTS if (network, se) in tables}
+    written["figure2"] = figures.figure2_boxplot(
+        variants, os.path.join(out_dir, f"figure2_{network}_boxplot.png"), network
+    )
+    written["figure3"] = figures.figure3_bars(variants, os.path.join(out_dir, f"figure3_{network}_bars.png"), network)
+
+    if (network, "none") in done and (network, "scse") in done:
+        inputs, reason = _figure4_inputs(done[(network, "none")], done[(network, "scse")])
+    else:
+        inputs, reason = None, f"it needs the {network}_none and {network}_scse runs"
+    if inputs is None:
+        print(f"figure 4 skipped: {reason}")
+    else:
+        result = figures.figure4_slice(
+            inputs["image"],
+            inputs["label"],
+            inputs["plain"],
+            inputs["scse"],
+            os.path.join(out_dir, f"figure4_{network}_slice.png"),
+            axis=coronal_axis,
+            index=slice_index,
+            network=network,
+            label_names=done[(network, "none")].get("label_names"),
+        )
+        written["figure4"] = result["path"]
+        print(f"figure 4: test volume {inputs['volume']}, slice {result['index']} along axis {result['axis']}")
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return written
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.experiment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="train and evaluate a grid of networks x SE variants",
+        epilog="Bundle overrides for every run follow a lone --, e.g. -- --features 32 --epochs 60 --datalist d.json",
+    )
+    run.add_argument("--out", required=True, help="grid folder, e.g. runs/NAME")
+    run.add_argument("--archs", nargs="+", default=["unet", "sdnet", "densenet"], help="architectures")
+    run.add_argument("--se", nargs="+", default=list(SE_VARIANTS), help="SE variants")
+    run.add_argument(
+        "--config", action="append", default=[], help="extra config file merged after train.yaml (repeatable)"
+    )
+    run.add_argument("--seed", type=int, default=0, help="the bundle's seed for every run")
+    report = sub.add_parser("report", help="Table 1 and Figures 2-4 from a grid's done runs")
+    report.add_argument("--runs", required=True, help="grid folder (the --out of run)")
+    report.add_argument("--out", required=True, help="folder for table1.md/csv, runs.csv and the figures")
+    report.add_argument("--network", default=None, help="architecture of Figures 2-4 (default: densenet)")
+    report.add_argument("--coronal_axis", type=int, default=1, help="coronal axis after reorientation to RAS")
+    report.add_argument("--slice", type=int, default=None, help="Figure 4's slice (default: most differing)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (1 with a one-line error on bad input or a failed run)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            run_grid(args.out, args.archs, args.se, seed=args.seed, configs=args.config, overrides=extra)
+        else:
+            if extra:
+                raise ExperimentError(f"report takes no bundle overrides, got {' '.join(extra)}")
+            make_report(args.runs, args.out, args.network, args.coronal_axis, args.slice)
+    except (ExperimentError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the current run has no run.json and will be redone", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

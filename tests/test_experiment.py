@@ -1,0 +1,183 @@
+"""The experiment runner end to end: a tiny grid through the real bundle runner, its report, resuming after an
+interruption, a failing run, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+from unittest import mock
+
+import pytest
+
+from scripts.data.synthetic import LABEL_NAMES, generate_dataset
+from scripts.experiment import RUN_JSON, main, parse_overrides
+
+ARCHS, SES = ["unet", "densenet"], ["none", "scse"]
+
+
+def run_main(*argv: str) -> tuple[int, str, str]:
+    """``python -m scripts.experiment ARGV`` in this process (the bundle runs are subprocesses with one thread)."""
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A 2 x 2 grid (U-Net, DenseNet x none, scSE) on six 32^3 subjects (3 training, 2 validation, 1 test)."""
+    root = tmp_path_factory.mktemp("experiment")
+    data = str(root / "data")
+    generate_dataset(data, num_subjects=6, shape=(32, 32, 32), seed=3, num_validation=2, num_test=1)
+    overrides = ["--dataset_dir", data, "--default_dataset_dir", str(root / "unused"), "--features", "4"]
+    overrides += ["--epochs", "1", "--slices_per_volume", "1"]
+    runs = str(root / "runs" / "tiny")
+    args = ["run", "--out", runs, "--archs", *ARCHS, "--se", *SES, "--seed", "0", "--", *overrides]
+    code, out, err = run_main(*args)
+    assert code == 0, err
+    return {"root": root, "data": data, "runs": runs, "args": args, "stdout": out}
+
+
+def test_grid_runs_every_combination_through_the_bundle_runner(grid):
+    lines = grid["stdout"].splitlines()
+    for i, name in enumerate([f"{a}_{s}" for a in ARCHS for s in SES], start=1):
+        assert any(line.startswith(f"[{i}/4] {name}: trained in ") for line in lines), lines
+        folder = os.path.join(grid["runs"], name)
+        for log in ("train.log", "evaluate.log"):
+            assert os.path.getsize(os.path.join(folder, log)) > 0
+        assert os.path.isfile(os.path.join(folder, "models", "model.pt"))
+        record = json.load(open(os.path.join(folder, RUN_JSON)))
+        assert record["status"] == "done" and (record["arch"], record["se"]) == tuple(name.split("_"))
+        assert record["seed"] == 0 and record["overrides"][:2] == ["--dataset_dir", grid["data"]]
+        assert [os.path.basename(p) for p in record["config_files"]["evaluating"]] == ["train.yaml", "evaluate.yaml"]
+        assert record["wall_time_s"]["training"] > 0 and record["wall_time_s"]["evaluating"] > 0
+        assert record["datalist"] == os.path.join(grid["data"], "datalist.json")
+        assert [os.path.basename(t["image"]) for t in record["test_items"]] == ["subject_005.nii.gz"]
+        assert record["label_names"] == list(LABEL_NAMES)
+        assert "git" in record  # the commit, or None outside a git checkout
+        # the per-volume per-structure Dice is the evaluation's own table
+        with open(os.path.join(folder, "outputs", "eval", "dice_per_volume.csv"), newline="") as f:
+            rows = list(csv.reader(f))
+        dice = record["test_dice"]
+        assert dice["volumes"] == [rows[1][0]] and dice["structures"] == rows[0][1:-1]
+        assert [v if v is not None else float("nan") for v in dice["dice"][0]] == pytest.approx(
+            [float(v) for v in rows[1][1:-1]], nan_ok=True
+        )
+    assert "grid done: 4 runs (4 run, 0 skipped)" in grid["stdout"]
+
+
+def test_report_writes_table1_and_figures(grid):
+    out = str(grid["root"] / "results")
+    code, stdout, err = run_main("report", "--runs", grid["runs"], "--out", out)
+    assert code == 0, err
+    assert "missing from the 2 x 4 grid: densenet_cse, densenet_sse, unet_cse, unet_sse" in stdout
+    for name in ("table1.md", "table1.csv", "runs.csv", "figure2_densenet_boxplot.png", "figure3_densenet_bars.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert os.path.getsize(os.path.join(out, "figure4_densenet_slice.png")) > 0  # the test image is on disk
+    lines = open(os.path.join(out, "table1.md")).read().splitlines()
+    densenet = next(line for line in lines if line.startswith("| DenseNet | "))
+    assert densenet.count(" - ") == 2  # no cSE and sSE runs
+    unet_scse = next(line for line in lines if line.startswith("| U-Net | + scSE Block | "))
+    cells = [c.strip() for c in unet_scse.strip("|").split("|")]
+    assert cells[4] == "1" and 0 < int(cells[6]) <= 27  # one test volume; its structures, NaN pairs dropped
+    with open(os.path.join(out, "table1.csv"), newline="") as f:
+        rows = {(r["network"], r["se"]): r for r in csv.DictReader(f)}
+    assert len(rows) == 8 and rows[("unet", "scse")]["n_volume_pairs"] == "1"
+    assert rows[("densenet", "cse")]["note"] == "no run"
+
+    # figure 4 is skipped, with a reason, when the run's test image is not on disk
+    moved = str(grid["root"] / "moved")
+    shutil.copytree(grid["runs"], moved, ignore=shutil.ignore_patterns("*.pt", "tensorboard"))
+    path = os.path.join(moved, "densenet_none", RUN_JSON)
+    record = json.load(open(path))
+    record["test_items"] = [
+        {k: "/nonexistent/" + os.path.basename(v) for k, v in t.items()} for t in record["test_items"]
+    ]
+    json.dump(record, open(path, "w"))
+    code, stdout, _ = run_main("report", "--runs", moved, "--out", str(grid["root"] / "moved_results"))
+    assert (
+        code == 0
+        and "figure 4 skipped: the run's test image '/nonexistent/subject_005.nii.gz' is not on disk" in stdout
+    )
+    assert not os.path.exists(grid["root"] / "moved_results" / "figure4_densenet_slice.png")
+
+
+def test_resume_redoes_only_the_interrupted_run(grid):
+    runs = grid["runs"]
+    names = [f"{a}_{s}" for a in ARCHS for s in SES]
+    times = {n: os.path.getmtime(os.path.join(runs, n, RUN_JSON)) for n in names}
+    # an interrupted run: no run.json, partial files left behind
+    interrupted = os.path.join(runs, "densenet_scse")
+    os.remove(os.path.join(interrupted, RUN_JSON))
+    with open(os.path.join(interrupted, "partial.tmp"), "w") as f:
+        f.write("left by an interrupted run")
+    code, stdout, err = run_main(*grid["args"])
+    assert code == 0, err
+    assert "[4/4] densenet_scse: incomplete (no run.json), cleared and run again" in stdout
+    assert "[4/4] densenet_scse: trained in " in stdout
+    for i, name in enumerate(names[:3], start=1):
+        assert f"[{i}/4] {name}: done before (run.json), skipped" in stdout
+        assert os.path.getmtime(os.path.join(runs, name, RUN_JSON)) == times[name]
+    assert not os.path.exists(os.path.join(interrupted, "partial.tmp"))
+    assert json.load(open(os.path.join(interrupted, RUN_JSON)))["status"] == "done"
+    assert "grid done: 4 runs (1 run, 3 skipped)" in stdout
+
+
+def test_a_done_run_with_other_settings_is_refused(grid):
+    args = list(grid["args"])
+    args[args.index("--seed") + 1] = "1"
+    code, _, err = run_main(*args)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"error: run unet_none in {os.path.join(grid['runs'], 'unet_none')} was done with other seed; use another "
+        "--out or delete the folder"
+    ]
+
+
+def test_a_failing_run_stops_the_grid_with_one_line(tmp_path):
+    out = str(tmp_path / "runs")
+    args = ["run", "--out", out, "--archs", "unet", "--se", "none", "sse", "--", "--dataset_dir", "/no/such/folder"]
+    args += ["--default_dataset_dir", str(tmp_path / "unused"), "--features", "4"]
+    code, stdout, err = run_main(*args)
+    log = os.path.join(out, "unet_none", "train.log")
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: run unet_none failed in training (exit code 1): ")
+    assert "dataset_dir '/no/such/folder' does not exist" in line and line.endswith(f"; log: {log}")
+    assert os.path.isfile(log) and not os.path.exists(os.path.join(out, "unet_none", RUN_JSON))
+    assert not os.path.exists(os.path.join(out, "unet_sse"))  # the grid stopped
+    assert "[1/2] unet_none: training and evaluating" in stdout
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["report", "--runs", "/no/such/runs", "--out", "x"], "runs folder '/no/such/runs' does not exist"),
+        (["run", "--out", "{tmp}", "--archs", "resnet"], "unknown arch ['resnet']; valid: unet, sdnet, densenet"),
+        (["run", "--out", "{tmp}", "--se", "se"], "unknown se ['se']; valid: none, cse, sse, scse"),
+        (["run", "--out", "{tmp}", "--config", "no/such.yaml"], "config file 'no/such.yaml' does not exist"),
+        (["run", "--out", "{tmp}", "--", "--arch", "unet"], "override --arch is set by the runner"),
+        (["run", "--out", "{tmp}", "--", "--features"], "override '--features' has no value"),
+        (["run", "--out", "{tmp}", "--", "features", "4"], "override 'features' is not of the form --key value"),
+    ],
+)
+def test_bad_input_gives_one_line(tmp_path, argv, message):
+    code, stdout, err = run_main(*[a.replace("{tmp}", str(tmp_path / "runs")) for a in argv])
+    assert code == 1 and stdout == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+
+
+def test_report_without_done_runs(tmp_path):
+    os.makedirs(tmp_path / "runs" / "unet_none")  # interrupted: no run.json
+    code, _, err = run_main("report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    assert code == 1 and "has no done run" in err
+
+
+def test_overrides_are_normalised():
+    assert parse_overrides(["--features=8", "--epochs", "2"]) == ["--features", "8", "--epochs", "2"]
