@@ -8,7 +8,6 @@ same way for all three, as in Fig. 1(a) of the paper.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,62 +55,85 @@ class SEEncoderDecoder(nn.Module):
     input of a 2x max pooling. Decoder block ``i`` takes the upsampled features concatenated with the matching skip
     (``2 * features`` channels) and maps them to ``features`` channels, followed by its SE block.
 
-    Upsampling is either ``"unpool"`` (max-unpooling with the encoder's pooling indices, SD-Net and the QuickNAT
-    family of DenseNets) or ``"interp"`` (parameter-free linear interpolation to the skip's size, U-Net). Because
-    every upsampling returns to the exact size of its skip, any spatial size of at least 16 (``MIN_SIZE``) in every
-    dimension is accepted, odd sizes included; nothing is padded or cropped. A smaller input raises ``ValueError``.
+    A network (``UNet``, ``SDNet``, ``FCDenseNet``) subclasses this skeleton and sets two things: :meth:`make_block`
+    (its encoder/bottleneck/decoder block) and ``upsampling``: ``"unpool"`` (max-unpooling with the encoder's pooling
+    indices, SD-Net and the QuickNAT family of DenseNets) or ``"interp"`` (parameter-free linear interpolation to the
+    skip's size, U-Net). Because every upsampling returns to the exact size of its skip, any spatial size of at least
+    16 (``MIN_SIZE``) in every dimension is accepted, odd sizes included; nothing is padded or cropped. A smaller input
+    raises ``ValueError``.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 (the paper) or 3.
         in_channels: number of input channels.
         out_channels: number of output classes (the classifier's channels).
-        block: callable ``block(in_channels, out_channels) -> nn.Module`` building one encoder, bottleneck or decoder
-            block whose output has ``out_channels`` channels.
         features: channels of every block's output (the paper: 64).
+        kernel_size: kernel size of the blocks' spatial convolutions (the paper: 5).
         se: SE variant after every encoder and decoder block: ``"none"``, ``"cse"``, ``"sse"`` or ``"scse"``.
         se_reduction: cSE reduction ratio ``r`` (the paper: 2).
         se_mode: scSE combination, ``"sum"`` (the paper) or ``"max"`` (the authors' code).
-        upsample: ``"unpool"`` or ``"interp"``.
+        norm: normalisation, as MONAI's ``Norm`` factory takes it (name or ``(name, kwargs)``); default batch norm.
+        act: activation, as MONAI's ``Act`` factory takes it; default ReLU.
+        dropout: dropout probability inside the blocks, or ``None``.
 
     Shapes:
         input ``(N, in_channels, *spatial)``, output logits ``(N, out_channels, *spatial)``.
     """
 
+    upsampling: str = "interp"
+
     def __init__(
         self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        block: Callable[[int, int], nn.Module],
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
         features: int = 64,
+        kernel_size: int = 5,
         se: str = "none",
         se_reduction: int = 2,
         se_mode: str = "sum",
-        upsample: str = "interp",
+        norm: str | tuple = "batch",
+        act: str | tuple = ("relu", {"inplace": True}),
+        dropout: float | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-        if upsample not in ("unpool", "interp"):
-            raise ValueError(f"upsample must be 'unpool' or 'interp', got {upsample!r}.")
+        if self.upsampling not in ("unpool", "interp"):
+            raise ValueError(f"upsampling must be 'unpool' or 'interp', got {self.upsampling!r}.")
         self.spatial_dims = spatial_dims
         self.num_levels = NUM_LEVELS
         self.min_size = MIN_SIZE
-        self.upsample = upsample
+        self.upsample = self.upsampling  # an instance attribute, which TorchScript compiles into forward
         self.interp_mode = "bilinear" if spatial_dims == 2 else "trilinear"
+
+        def block(in_ch: int) -> nn.Module:
+            return self.make_block(spatial_dims, in_ch, features, kernel_size, norm, act, dropout)
 
         def stage(in_ch: int) -> nn.Sequential:
             return nn.Sequential(
                 OrderedDict(
-                    block=block(in_ch, features),
+                    block=block(in_ch),
                     se=get_se_block(se, spatial_dims, features, r=se_reduction, mode=se_mode),
                 )
             )
 
         self.encoders = nn.ModuleList([stage(in_channels if i == 0 else features) for i in range(NUM_LEVELS)])
-        self.bottleneck = block(features, features)
+        self.bottleneck = block(features)
         self.decoders = nn.ModuleList([stage(2 * features) for _ in range(NUM_LEVELS)])
         self.classifier = Conv[Conv.CONV, spatial_dims](features, out_channels, kernel_size=1)
+
+    @staticmethod
+    def make_block(
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        norm: str | tuple,
+        act: str | tuple,
+        dropout: float | None,
+    ) -> nn.Module:
+        """One encoder, bottleneck or decoder block ``(N, in_channels, *spatial) -> (N, out_channels, *spatial)``."""
+        raise NotImplementedError
 
     def _pool(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.spatial_dims == 2:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from monai.networks.blocks import ADN
 from monai.networks.layers.factories import Conv
@@ -66,50 +64,13 @@ class DenseBlock(nn.Module):
 class FCDenseNet(SEEncoderDecoder):
     """Fully convolutional DenseNet with an optional SE block after every encoder and decoder block.
 
-    Every encoder, bottleneck and decoder block is a :class:`DenseBlock`; as in QuickNAT (the authors' DenseNet
-    family), the decoder upsamples by max-unpooling with the encoder's pooling indices and concatenates the skip.
-    Any spatial size of at least 16 is accepted (see :class:`SEEncoderDecoder`).
-
-    Args:
-        spatial_dims: 2 (the paper) or 3.
-        in_channels: input channels.
-        out_channels: number of classes.
-        features: growth and output channels of every dense block (the paper: 64).
-        kernel_size: kernel size of the dense blocks' spatial convolutions (the paper: 5).
-        se: ``"none"``, ``"cse"``, ``"sse"`` or ``"scse"``.
-        se_reduction: cSE reduction ratio.
-        se_mode: scSE combination, ``"sum"`` or ``"max"``.
-        norm: normalisation (MONAI ``Norm`` factory), default batch norm.
-        act: activation (MONAI ``Act`` factory), default ReLU.
-        dropout: dropout probability in the dense blocks, or ``None``.
-
-    Shapes:
-        input ``(N, in_channels, *spatial)``, output logits ``(N, out_channels, *spatial)``.
+    Every encoder, bottleneck and decoder block is a :class:`DenseBlock` (``features`` is its growth and output);
+    as in QuickNAT (the authors' DenseNet family), the decoder upsamples by max-unpooling with the encoder's pooling
+    indices and concatenates the skip. Arguments and shapes: :class:`SEEncoderDecoder`.
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
-        out_channels: int = 2,
-        features: int = 64,
-        kernel_size: int = 5,
-        se: str = "none",
-        se_reduction: int = 2,
-        se_mode: str = "sum",
-        norm: str | tuple = "batch",
-        act: str | tuple = ("relu", {"inplace": True}),
-        dropout: float | None = None,
-    ) -> None:
-        block = partial(DenseBlock, spatial_dims, kernel_size=kernel_size, norm=norm, act=act, dropout=dropout)
-        super().__init__(
-            spatial_dims,
-            in_channels,
-            out_channels,
-            block=block,
-            features=features,
-            se=se,
-            se_reduction=se_reduction,
-            se_mode=se_mode,
-            upsample="unpool",
-        )
+    upsampling = "unpool"
+
+    @staticmethod
+    def make_block(spatial_dims, in_channels, out_channels, kernel_size, norm, act, dropout) -> nn.Module:
+        return DenseBlock(spatial_dims, in_channels, out_channels, kernel_size, norm, act, dropout)

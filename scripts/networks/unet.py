@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from monai.networks.blocks import Convolution
 from torch import nn
 
@@ -62,51 +60,11 @@ class UNet(SEEncoderDecoder):
     Every block is two ``kernel_size`` convolutions with normalisation and activation; the decoder upsamples by
     parameter-free linear interpolation to the skip's size and concatenates the skip. With the defaults (64 filters,
     5x5 kernels, batch norm) the plain 2D U-Net for 28 classes has 2,157,276 parameters and scSE adds 34,056 (1.6%),
-    the paper's "about 2.1e6" and "3.3e4 (1.5%)". Any spatial size of at least 16 is accepted (see
-    :class:`SEEncoderDecoder`).
-
-    Args:
-        spatial_dims: 2 (the paper) or 3.
-        in_channels: input channels.
-        out_channels: number of classes.
-        features: channels of every block (the paper: 64).
-        kernel_size: convolution kernel size (the paper: 5).
-        se: ``"none"``, ``"cse"``, ``"sse"`` or ``"scse"``.
-        se_reduction: cSE reduction ratio.
-        se_mode: scSE combination, ``"sum"`` or ``"max"``.
-        norm: normalisation (MONAI ``Norm`` factory), default batch norm.
-        act: activation (MONAI ``Act`` factory), default ReLU.
-        dropout: dropout probability in the blocks, or ``None``.
-
-    Shapes:
-        input ``(N, in_channels, *spatial)``, output logits ``(N, out_channels, *spatial)``.
+    the paper's "about 2.1e6" and "3.3e4 (1.5%)". Arguments and shapes: :class:`SEEncoderDecoder`.
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
-        out_channels: int = 2,
-        features: int = 64,
-        kernel_size: int = 5,
-        se: str = "none",
-        se_reduction: int = 2,
-        se_mode: str = "sum",
-        norm: str | tuple = "batch",
-        act: str | tuple = ("relu", {"inplace": True}),
-        dropout: float | None = None,
-    ) -> None:
-        block = partial(
-            ConvBlock, spatial_dims, kernel_size=kernel_size, num_convs=2, norm=norm, act=act, dropout=dropout
-        )
-        super().__init__(
-            spatial_dims,
-            in_channels,
-            out_channels,
-            block=block,
-            features=features,
-            se=se,
-            se_reduction=se_reduction,
-            se_mode=se_mode,
-            upsample="interp",
-        )
+    upsampling = "interp"
+
+    @staticmethod
+    def make_block(spatial_dims, in_channels, out_channels, kernel_size, norm, act, dropout) -> nn.Module:
+        return ConvBlock(spatial_dims, in_channels, out_channels, kernel_size, 2, norm, act, dropout)
