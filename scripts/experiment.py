@@ -480,19 +480,26 @@ def _figure4_inputs(plain: Mapping, scse: Mapping) -> tuple[dict | None, str]:
         return None, "the plain and scSE runs share no test volume"
     volume = max(common)[1]
     items = plain.get("test_items") or []
-    item = next((it for it in items if os.path.basename(it["image"]) == volume), None)
+    # volumes are named after their label file (evaluate.yaml), which images synthesised from it lack
+    item = next((it for it in items if os.path.basename(it.get("label", it.get("image", ""))) == volume), None)
     if item is None:
         reason = plain.get("datalist_error") or f"volume {volume} is not among the test items recorded in run.json"
         return None, f"the test image is unknown ({reason})"
-    for key in ("image", "label"):
-        if not os.path.isfile(item.get(key, "")):
-            return None, f"the run's test {key} '{item.get(key)}' is not on disk (synthesised or moved)"
+    if not os.path.isfile(item.get("label", "")):
+        return None, f"the run's test label '{item.get('label')}' is not on disk (moved?)"
+    image = item.get("image", "")
+    if not os.path.isfile(image):
+        # an image synthesised from the label map, saved by the evaluation when save_inputs is on
+        saved = os.path.join(plain["folder"], plain["eval_dir"], "inputs", f"{_stem(volume)}_image.nii.gz")
+        if not os.path.isfile(saved):
+            return None, f"the run's test image '{image or volume}' is not on disk, nor saved as '{saved}'"
+        image = saved
     preds = {}
     for key, record in (("plain", plain), ("scse", scse)):
         preds[key] = os.path.join(record["folder"], record["eval_dir"], "predictions", f"{_stem(volume)}_seg.nii.gz")
         if not os.path.isfile(preds[key]):
             return None, f"prediction '{preds[key]}' is missing"
-    return {"image": item["image"], "label": item["label"], **preds, "volume": volume}, ""
+    return {"image": image, "label": item["label"], **preds, "volume": volume}, ""
 
 
 def make_report(

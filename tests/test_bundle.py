@@ -80,6 +80,7 @@ def test_evaluate_writes_dice_tables_and_predictions(tiny):
     (prediction,) = glob.glob(str(eval_dir / "predictions" / "*_seg.nii.gz"))
     pred = nib.load(prediction)
     assert pred.shape == source.shape and np.allclose(pred.affine, source.affine)
+    assert not os.path.exists(eval_dir / "inputs")  # images on disk are not copied (save_inputs: false)
 
 
 def test_inference_writes_one_label_volume_per_input_with_its_affine(tiny, tmp_path):

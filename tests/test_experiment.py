@@ -102,7 +102,7 @@ def test_report_writes_table1_and_figures(grid):
     code, stdout, _ = run_main("report", "--runs", moved, "--out", str(grid["root"] / "moved_results"))
     assert (
         code == 0
-        and "figure 4 skipped: the run's test image '/nonexistent/subject_005.nii.gz' is not on disk" in stdout
+        and "figure 4 skipped: the run's test label '/nonexistent/subject_005.nii.gz' is not on disk" in stdout
     )
     assert not os.path.exists(grid["root"] / "moved_results" / "figure4_densenet_slice.png")
 
@@ -181,3 +181,29 @@ def test_report_without_done_runs(tmp_path):
 
 def test_overrides_are_normalised():
     assert parse_overrides(["--features=8", "--epochs", "2"]) == ["--features", "8", "--epochs", "2"]
+
+
+def test_figure4_uses_the_saved_input_of_a_synthesised_image(tmp_path):
+    from scripts.experiment import _figure4_inputs
+
+    label = tmp_path / "maps" / "map_07.nii.gz"
+    label.parent.mkdir()
+    label.write_bytes(b"x")
+    records = {}
+    for name, dice in (("plain", 0.5), ("scse", 0.7)):
+        folder = tmp_path / name
+        for sub, suffix in (("predictions", "seg"), ("inputs", "image")):
+            (folder / "outputs" / "eval" / sub).mkdir(parents=True, exist_ok=True)
+            (folder / "outputs" / "eval" / sub / f"map_07_{suffix}.nii.gz").write_bytes(b"x")
+        records[name] = {
+            "folder": str(folder),
+            "eval_dir": os.path.join("outputs", "eval"),
+            "test_items": [{"label": str(label)}],  # label maps only: the image was synthesised
+            "test_dice": {"volumes": ["map_07.nii.gz"], "structures": ["a"], "dice": [[dice]]},
+        }
+    inputs, reason = _figure4_inputs(records["plain"], records["scse"])
+    assert reason == "" and inputs["image"] == str(tmp_path / "plain/outputs/eval/inputs/map_07_image.nii.gz")
+    assert inputs["label"] == str(label) and inputs["volume"] == "map_07.nii.gz"
+    os.remove(inputs["image"])
+    inputs, reason = _figure4_inputs(records["plain"], records["scse"])
+    assert inputs is None and "is not on disk, nor saved as" in reason

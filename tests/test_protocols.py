@@ -162,6 +162,10 @@ def test_brain27_from_label_maps_trains_and_evaluates(tmp_path):
         str(tmp_path / "out" / "eval" / "predictions" / "map_04_seg.nii.gz")
     )
     assert seg.shape == source.shape and np.allclose(seg.affine, source.affine)
+    # the synthesised test image is saved too (save_inputs), on the label's grid, for figures
+    image = nib.load(str(tmp_path / "out" / "eval" / "inputs" / "map_04_image.nii.gz"))
+    assert image.shape == source.shape and np.allclose(image.affine, source.affine)
+    assert float(np.asarray(image.dataobj).std()) > 0
     split = json.load(open(tmp_path / "out" / "datalist.json"))  # the split is recorded beside the outputs
     assert [len(split[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
 
