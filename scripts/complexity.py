@@ -1,7 +1,8 @@
 """Model complexity of the 12 network x SE combinations, as the paper reports it, and optionally their speed.
 
     python -m scripts.complexity                      # parameter table (Markdown)
-    python -m scripts.complexity --time --size 256    # plus median forward time per batch of 2D slices on this CPU
+    python -m scripts.complexity --time --size 256    # plus median forward time per batch of 2D slices on this CPU,
+                                                      # the SE variants of a network taking turns in every repeat
 
 The SE overhead is the parameter count with SE minus the count of the same network without it. The paper's U-Net has
 about 2.1e6 parameters and scSE adds about 3.3e4 (1.5%).
@@ -17,7 +18,7 @@ import torch
 
 from scripts.networks import ARCHS, SE_TYPES, get_network
 
-__all__ = ["complexity_table", "count_parameters", "main", "time_forward"]
+__all__ = ["complexity_table", "count_parameters", "main", "time_forwards"]
 
 
 def count_parameters(net: torch.nn.Module) -> int:
@@ -38,17 +39,23 @@ def complexity_table(spatial_dims: int = 2, in_channels: int = 1, out_channels: 
     return rows
 
 
-def time_forward(net: torch.nn.Module, x: torch.Tensor, repeats: int = 7) -> float:
-    """Median wall time in seconds of ``repeats`` inference forward passes (after one warm-up)."""
-    net.eval()
-    times = []
+def time_forwards(nets: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int = 7) -> dict[str, float]:
+    """Median wall time in seconds of inference forward passes of each network on ``x``.
+
+    The networks take turns within every repeat (after one warm-up pass each), so a change in the machine's load
+    during the measurement affects all of them alike and their ratios stay comparable.
+    """
+    times: dict[str, list[float]] = {name: [] for name in nets}
     with torch.inference_mode():
-        net(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+        for net in nets.values():
+            net.eval()
             net(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for _ in range(repeats):
+            for name, net in nets.items():
+                t0 = time.perf_counter()
+                net(x)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,12 +82,17 @@ def main(argv: list[str] | None = None) -> None:
         header += f" forward ms ({args.batch}x{args.size}^{args.spatial_dims}) | time vs no SE |"
         sep += "---:|---:|"
         x = torch.randn(args.batch, args.in_channels, *([args.size] * args.spatial_dims))
-        base_time: dict[str, float] = {}
-        for row in rows:
+        for arch in ARCHS:
             torch.manual_seed(0)
-            net = get_network(row["arch"], row["se"], args.spatial_dims, args.in_channels, args.out_channels, **options)
-            row["seconds"] = time_forward(net, x, args.repeats)
-            base_time.setdefault(row["arch"], row["seconds"])
+            nets = {
+                se: get_network(arch, se, args.spatial_dims, args.in_channels, args.out_channels, **options)
+                for se in SE_TYPES
+            }
+            seconds = time_forwards(nets, x, args.repeats)
+            for row in rows:
+                if row["arch"] == arch:
+                    row["seconds"] = seconds[row["se"]]
+                    row["ratio"] = seconds[row["se"]] / seconds["none"]
     print(
         f"{args.spatial_dims}D, {args.in_channels} input channel(s), {args.out_channels} classes, "
         f"{args.features} features, {args.kernel_size}x{args.kernel_size} kernels "
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         line = f"| {row['arch']} | {row['se']} | {row['params']:,} | {row['se_params']:+,} | {row['se_percent']:.2f} |"
         if args.time:
-            line += f" {1000 * row['seconds']:.1f} | {row['seconds'] / base_time[row['arch']]:.3f} |"
+            line += f" {1000 * row['seconds']:.1f} | {row['ratio']:.3f} |"
         print(line)
 
 

@@ -163,3 +163,14 @@ def test_torchscript_export_3d_and_gradients_through_unpool():
     net.eval()
     with torch.no_grad():
         assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-5)
+
+
+def test_complexity_command_prints_the_table_with_times(capsys):
+    from scripts.complexity import main
+
+    main(["--features", "4", "--time", "--size", "16", "--batch", "1", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("| unet") or line.startswith("| sdnet") or "densenet" in line]
+    assert len(rows) == 12
+    assert all(line.count("|") == 8 for line in rows)  # parameters, overhead, %, time, ratio
+    assert rows[0].endswith("| 1.000 |")  # each network's plain variant is the time reference
