@@ -200,3 +200,14 @@ def test_brain27_on_the_shared_label_maps(tmp_path):
     assert "val_mean_dice" in result.stdout + result.stderr
     split = json.load(open(tmp_path / "out" / "datalist.json"))
     assert [len(split[k]) for k in ("training", "validation", "test")] == [18, 1, 1]
+
+
+@pytest.mark.parametrize("protocol", [BRAIN, CT])
+def test_protocols_merge_over_inference(tmp_path, protocol):
+    """MONAI Label and the inference command read inference.yaml with the protocol merged over it."""
+    parser = parse(INFERENCE, protocol)
+    image = _volume(str(tmp_path / "scan.nii.gz"), np.random.rand(24, 20, 18).astype(np.float32), np.eye(4))
+    out = parser.get_parsed_content("preprocessing")({"image": image})
+    assert out["image"].ndim == 4 and float(out["image"].max()) <= 1.0
+    net = parser.get_parsed_content("network_def")
+    assert net.classifier.out_channels == len(parser["label_names"])
