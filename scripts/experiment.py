@@ -522,7 +522,7 @@ def make_report(
         ExperimentError: without done runs, or when ``network`` has none.
     """
     from scripts.evaluation import figures
-    from scripts.evaluation.stats import DiceTable, write_table1
+    from scripts.evaluation.stats import DiceTable, format_structure_table, write_table1
 
     done, incomplete = load_runs(runs_dir)
     if not done:
@@ -568,6 +568,11 @@ def make_report(
         network = "densenet" if counts.get("densenet") else max(counts, key=counts.get)
     elif not any(a == network for a, _ in done):
         raise ExperimentError(f"network '{network}' has no done run in '{runs_dir}' (done: {', '.join(archs)})")
+    for arch in archs:
+        path = os.path.join(out_dir, f"structures_{arch}.md")
+        with open(path, "w") as f:
+            f.write(format_structure_table({s: tables[(a, s)] for a, s in tables if a == arch}, arch))
+        written[f"structures_{arch}"] = path
     variants = {se: tables[(network, se)] for se in SE_VARIANTS if (network, se) in tables}
     written["figure2"] = figures.figure2_boxplot(
         variants, os.path.join(out_dir, f"figure2_{network}_boxplot.png"), network

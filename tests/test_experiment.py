@@ -79,6 +79,9 @@ def test_report_writes_table1_and_figures(grid):
     for name in ("table1.md", "table1.csv", "runs.csv", "figure2_densenet_boxplot.png", "figure3_densenet_bars.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert os.path.getsize(os.path.join(out, "figure4_densenet_slice.png")) > 0  # the test image is on disk
+    for arch in ("unet", "densenet"):  # per-structure tables, one per network, its done variants as columns
+        table = open(os.path.join(out, f"structures_{arch}.md")).read().splitlines()
+        assert table[2] == "| Structure | No SE Block | + scSE Block |" and len(table) == 4 + 27 + 1
     lines = open(os.path.join(out, "table1.md")).read().splitlines()
     densenet = next(line for line in lines if line.startswith("| DenseNet | "))
     assert densenet.count(" - ") == 2  # no cSE and sSE runs

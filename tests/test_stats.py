@@ -286,3 +286,17 @@ def test_figure4_from_tiny_volumes(tmp_path):
     _save(label[:16], str(tmp_path / "small.nii.gz"), affine)
     with pytest.raises(ValueError, match="share one grid"):
         figures.figure4_slice(**{**paths, "scse": str(tmp_path / "small.nii.gz")}, path=str(tmp_path / "bad.png"))
+
+
+def test_structure_table_of_known_numbers():
+    from scripts.evaluation.stats import DiceTable, format_structure_table
+
+    plain = DiceTable(["v1", "v2"], ["a", "b"], np.array([[0.5, np.nan], [0.7, 0.2]]))
+    scse = DiceTable(["v1", "v2"], ["a", "b"], np.array([[0.6, 0.4], [0.8, 0.4]]))
+    text = format_structure_table({"scse": scse, "none": plain}, "unet")
+    lines = text.splitlines()
+    assert lines[0] == "## U-Net: test Dice per structure (mean ± std over test volumes)"
+    assert lines[2] == "| Structure | No SE Block | + scSE Block |"  # Table 1's column order
+    assert lines[4] == "| a | 0.600 ± 0.100 | 0.700 ± 0.100 |"
+    assert lines[5] == "| b | 0.200 ± 0.000 | 0.400 ± 0.000 |"  # NaN skipped
+    assert lines[6] == "| **per-volume mean** | 0.475 ± 0.025 | 0.550 ± 0.050 |"

@@ -467,3 +467,34 @@ def write_table1(
     with open(md, "w") as f:
         f.write(format_table1_markdown(rows, title=title))
     return {"md": md, "csv": write_table1_csv(rows, os.path.join(out_dir, "table1.csv"))}
+
+
+def format_structure_table(variants: Mapping[str, DiceTable], network: str) -> str:
+    """Per-structure test Dice of one network's SE variants as Markdown: mean ± std over volumes (NaN skipped).
+
+    Args:
+        variants: SE variant (``"none"``, ``"cse"``, ...) -> its :class:`DiceTable`; shown in Table 1's column order.
+        network: the architecture, for the title.
+
+    Returns:
+        the table: one row per structure, one column per variant, and a last row with the per-volume mean Dice.
+    """
+    order = [se for se in SE_COLUMNS if se in variants]
+    if not order:
+        raise ValueError(f"no SE variant of {network} to tabulate")
+    structures = variants[order[0]].structures
+
+    def cell(values: np.ndarray) -> str:
+        finite = values[~np.isnan(values)]
+        return f"{finite.mean():.3f} ± {finite.std():.3f}" if finite.size else "-"
+
+    lines = [
+        f"## {_network_label(network)}: test Dice per structure (mean ± std over test volumes)",
+        "",
+        "| Structure | " + " | ".join(SE_COLUMNS[se] for se in order) + " |",
+        "|:--|" + ":-:|" * len(order),
+    ]
+    for name in structures:
+        lines.append(f"| {name} | " + " | ".join(cell(variants[se].structure_values(name)) for se in order) + " |")
+    lines.append("| **per-volume mean** | " + " | ".join(cell(variants[se].volume_means()) for se in order) + " |")
+    return "\n".join(lines) + "\n"
