@@ -485,21 +485,23 @@ def _figure4_inputs(plain: Mapping, scse: Mapping) -> tuple[dict | None, str]:
     if item is None:
         reason = plain.get("datalist_error") or f"volume {volume} is not among the test items recorded in run.json"
         return None, f"the test image is unknown ({reason})"
-    if not os.path.isfile(item.get("label", "")):
-        return None, f"the run's test label '{item.get('label')}' is not on disk (moved?)"
-    image = item.get("image", "")
-    if not os.path.isfile(image):
-        # an image synthesised from the label map, saved by the evaluation when save_inputs is on
-        saved = os.path.join(plain["folder"], plain["eval_dir"], "inputs", f"{_stem(volume)}_image.nii.gz")
-        if not os.path.isfile(saved):
-            return None, f"the run's test image '{image or volume}' is not on disk, nor saved as '{saved}'"
-        image = saved
+    # the evaluation's saved input and label (save_inputs) win: the image may be synthesised, and the label on disk
+    # may hold the source's values (e.g. FreeSurfer's) rather than the protocol's
+    saved = {
+        key: os.path.join(plain["folder"], plain["eval_dir"], "inputs", f"{_stem(volume)}_{key}.nii.gz")
+        for key in ("image", "label")
+    }
+    found = {}
+    for key in ("image", "label"):
+        found[key] = saved[key] if os.path.isfile(saved[key]) else item.get(key, "")
+        if not os.path.isfile(found[key]):
+            return None, f"the run's test {key} '{item.get(key) or volume}' is not on disk, nor saved as '{saved[key]}'"
     preds = {}
     for key, record in (("plain", plain), ("scse", scse)):
         preds[key] = os.path.join(record["folder"], record["eval_dir"], "predictions", f"{_stem(volume)}_seg.nii.gz")
         if not os.path.isfile(preds[key]):
             return None, f"prediction '{preds[key]}' is missing"
-    return {"image": image, "label": item["label"], **preds, "volume": volume}, ""
+    return {**found, **preds, "volume": volume}, ""
 
 
 def make_report(

@@ -105,7 +105,8 @@ def test_report_writes_table1_and_figures(grid):
     code, stdout, _ = run_main("report", "--runs", moved, "--out", str(grid["root"] / "moved_results"))
     assert (
         code == 0
-        and "figure 4 skipped: the run's test label '/nonexistent/subject_005.nii.gz' is not on disk" in stdout
+        and "figure 4 skipped: the run's test image '/nonexistent/subject_005.nii.gz' is not on disk, nor saved"
+        in stdout
     )
     assert not os.path.exists(grid["root"] / "moved_results" / "figure4_densenet_slice.png")
 

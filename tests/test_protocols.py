@@ -166,6 +166,9 @@ def test_brain27_from_label_maps_trains_and_evaluates(tmp_path):
     image = nib.load(str(tmp_path / "out" / "eval" / "inputs" / "map_04_image.nii.gz"))
     assert image.shape == source.shape and np.allclose(image.affine, source.affine)
     assert float(np.asarray(image.dataobj).std()) > 0
+    label = nib.load(str(tmp_path / "out" / "eval" / "inputs" / "map_04_label.nii.gz"))  # protocol values, not FS
+    assert label.shape == source.shape and set(np.unique(np.asarray(label.dataobj))) <= set(range(28))
+    assert np.array_equal(np.asarray(label.dataobj) > 0, np.isin(np.asarray(source.dataobj), [0, 515], invert=True))
     split = json.load(open(tmp_path / "out" / "datalist.json"))  # the split is recorded beside the outputs
     assert [len(split[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
 
