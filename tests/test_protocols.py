@@ -214,3 +214,23 @@ def test_protocols_merge_over_inference(tmp_path, protocol):
     assert out["image"].ndim == 4 and float(out["image"].max()) <= 1.0
     net = parser.get_parsed_content("network_def")
     assert net.classifier.out_channels == len(parser["label_names"])
+
+
+def test_brain27_from_images_with_aseg_labels(tmp_path):
+    """source: images: T1 images with FreeSurfer-valued labels in a Decathlon layout (imagesTr/, labelsTr/)."""
+    from scripts.data.synthetic import FREESURFER_LABELS, generate_subject
+
+    lut = np.asarray(FREESURFER_LABELS, dtype=np.int16)
+    for i in range(5):
+        image, label = generate_subject(i, shape=(32, 32, 32), seed=9)
+        for sub, data in (("imagesTr", image), ("labelsTr", lut[label])):
+            os.makedirs(tmp_path / "data" / sub, exist_ok=True)
+            _volume(str(tmp_path / "data" / sub / f"case_{i}.nii.gz"), data, np.diag([3.0, 3.0, 3.0, 1.0]))
+    args = ["--dataset_dir", str(tmp_path / "data"), "--spacing", "[3.0,3.0,3.0]", "--slice_size", "[32,32]",
+            "--features", "4", "--epochs", "1", "--slices_per_volume", "2", "--num_test", "1", "--num_validation", "1",
+            "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "m")]  # fmt: skip
+    bundle("run", "training", "--config_file", f"['{TRAIN}','{BRAIN}']", *args, cwd=str(tmp_path))
+    bundle("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}','{BRAIN}']", *args, cwd=str(tmp_path))
+    summary = json.load(open(tmp_path / "out" / "eval" / "dice_summary.json"))
+    assert summary["volumes"] == ["case_4.nii.gz"] and summary["overall"]["n"] == 1
+    assert os.path.isfile(tmp_path / "m" / "model.pt")
