@@ -5,6 +5,8 @@
         [--config configs/data/brain27.yaml --config configs/profiles/cpu.yaml] [--seed 0] [-- --features 32 ...]
     # Table 1 (table1.md, table1.csv), Figures 2-4 and runs.csv from the finished runs
     python -m scripts.experiment report --runs runs/NAME --out docs/results/NAME [--network densenet]
+    # the spread between seeds (seeds.md, seeds.csv): the same grid run with other --seed into other folders
+    python -m scripts.experiment seeds --runs runs/NAME runs/NAME_seed1 runs/NAME_seed2 --out docs/results/NAME
 
 Every run is two subprocesses, ``python -m monai.bundle run training`` and ``run evaluating``, with the configs
 ``configs/train.yaml`` + the ``--config`` files (+ ``configs/evaluate.yaml`` for the evaluation), ``--bundle_root`` this
@@ -43,6 +45,7 @@ __all__ = [
     "load_runs",
     "main",
     "make_report",
+    "make_seed_report",
     "parse_overrides",
     "run_grid",
     "run_one",
@@ -606,6 +609,36 @@ def make_report(
     return written
 
 
+def make_seed_report(runs_dirs: Sequence[str], out_dir: str) -> dict[str, str]:
+    """``seeds.md`` and ``seeds.csv``: the done runs of several grid folders, one seed each, side by side.
+
+    Raises:
+        ExperimentError: when a folder has no done run, mixes seeds, or shares its seed with another folder.
+    """
+    from scripts.evaluation.stats import DiceTable, write_seed_spread
+
+    grids, folders = {}, {}
+    for runs_dir in runs_dirs:
+        done, _ = load_runs(runs_dir)
+        if not done:
+            raise ExperimentError(f"runs folder '{runs_dir}' has no done run (no run.json with status done)")
+        seeds = sorted({record.get("seed") for record in done.values()}, key=str)
+        if len(seeds) != 1:
+            raise ExperimentError(f"runs folder '{runs_dir}' mixes seeds {seeds}; expected one seed per folder")
+        seed = seeds[0]
+        if seed in grids:
+            raise ExperimentError(f"runs folders '{folders[seed]}' and '{runs_dir}' both have seed {seed}")
+        grids[seed] = {key: DiceTable.from_dict(record["test_dice"]) for key, record in done.items()}
+        folders[seed] = runs_dir
+        print(f"seed {seed}: {len(done)} done runs in {runs_dir}")
+    written = write_seed_spread(
+        grids, out_dir, title=f"Spread between seeds ({len(grids)} seed{'s' if len(grids) > 1 else ''})"
+    )
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return written
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------------------------------
@@ -634,6 +667,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--network", default=None, help="architecture of Figures 2-4 (default: densenet)")
     report.add_argument("--coronal_axis", type=int, default=1, help="coronal axis after reorientation to RAS")
     report.add_argument("--slice", type=int, default=None, help="Figure 4's slice (default: most differing)")
+    seeds = sub.add_parser("seeds", help="the spread between seeds: grids of the same runs with different --seed")
+    seeds.add_argument("--runs", required=True, nargs="+", help="grid folders, one seed each")
+    seeds.add_argument("--out", required=True, help="folder for seeds.md and seeds.csv")
     return parser
 
 
@@ -648,10 +684,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             run_grid(args.out, args.archs, args.se, seed=args.seed, configs=args.config, overrides=extra)
-        else:
-            if extra:
-                raise ExperimentError(f"report takes no bundle overrides, got {' '.join(extra)}")
+        elif extra:
+            raise ExperimentError(f"{args.command} takes no bundle overrides, got {' '.join(extra)}")
+        elif args.command == "report":
             make_report(args.runs, args.out, args.network, args.coronal_axis, args.slice)
+        else:
+            make_seed_report(args.runs, args.out)
     except (ExperimentError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

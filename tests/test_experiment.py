@@ -111,6 +111,29 @@ def test_report_writes_table1_and_figures(grid):
     assert not os.path.exists(grid["root"] / "moved_results" / "figure4_densenet_slice.png")
 
 
+def test_seed_report_sets_grids_of_different_seeds_side_by_side(grid):
+    other = str(grid["root"] / "seed1")
+    shutil.copytree(grid["runs"], other, ignore=shutil.ignore_patterns("*.pt", "tensorboard", "outputs"))
+    for name in os.listdir(other):
+        path = os.path.join(other, name, RUN_JSON)
+        record = json.load(open(path))
+        record["seed"] = 1
+        json.dump(record, open(path, "w"))
+    out = str(grid["root"] / "seeds")
+    code, stdout, err = run_main("seeds", "--runs", grid["runs"], other, "--out", out)
+    assert code == 0, err
+    assert "seed 0: 4 done runs" in stdout and "seed 1: 4 done runs" in stdout
+    lines = open(os.path.join(out, "seeds.md")).read().splitlines()
+    assert lines[0] == "# Spread between seeds (2 seeds)"
+    scse = next(line for line in lines if line.startswith("| DenseNet | + scSE Block |"))
+    cells = [c.strip() for c in scse.strip("|").split("|")]
+    assert cells[2] == cells[3] and cells[4].endswith("± 0.000")  # the same Dice in both copies: no spread
+    with open(os.path.join(out, "seeds.csv"), newline="") as f:
+        assert len(list(csv.DictReader(f))) == 8
+    code, _, err = run_main("seeds", "--runs", grid["runs"], grid["runs"], "--out", out)
+    assert code == 1 and "both have seed 0" in err
+
+
 def test_resume_redoes_only_the_interrupted_run(grid):
     runs = grid["runs"]
     names = [f"{a}_{s}" for a in ARCHS for s in SES]

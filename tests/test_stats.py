@@ -23,9 +23,11 @@ from scripts.evaluation.stats import (
     DiceTable,
     compare_by_structure,
     compare_by_volume,
+    format_seed_spread_markdown,
     format_table1_markdown,
     load_dice_csv,
     paired_wilcoxon,
+    seed_spread,
     table1,
     write_table1,
 )
@@ -300,3 +302,44 @@ def test_structure_table_of_known_numbers():
     assert lines[4] == "| a | 0.600 ± 0.100 | 0.700 ± 0.100 |"
     assert lines[5] == "| b | 0.200 ± 0.000 | 0.400 ± 0.000 |"  # NaN skipped
     assert lines[6] == "| **per-volume mean** | 0.475 ± 0.025 | 0.550 ± 0.050 |"
+
+
+# --- spread between seeds ---------------------------------------------------------------------------------------------
+
+
+def test_seed_spread_of_known_numbers(tmp_path):
+    from scripts.evaluation.stats import write_seed_spread
+
+    volumes = ["v1", "v2"]
+    grids = {
+        0: {
+            ("unet", "none"): _table(volumes, [[0.5, 0.5], [0.7, 0.7]]),
+            ("unet", "scse"): _table(volumes, [[0.6] * 2, [0.8] * 2]),
+        },
+        1: {
+            ("unet", "none"): _table(volumes, [[0.6, 0.6], [0.6, 0.6]]),
+            ("unet", "scse"): _table(volumes, [[0.5] * 2, [0.6] * 2]),
+        },
+        2: {("unet", "scse"): _table(volumes, [[0.9, 0.9], [0.9, 0.9]])},  # no plain run: no gain for seed 2
+    }
+    rows = {(r.network, r.se): r for r in seed_spread(grids)}
+    assert list(rows) == [("unet", "none"), ("unet", "scse")]
+    assert rows[("unet", "none")].means == pytest.approx({0: 0.6, 1: 0.6}) and rows[("unet", "none")].deltas == {}
+    assert rows[("unet", "scse")].means == pytest.approx({0: 0.7, 1: 0.55, 2: 0.9})
+    assert rows[("unet", "scse")].deltas == pytest.approx({0: 0.1, 1: -0.05})
+    lines = format_seed_spread_markdown(list(rows.values())).splitlines()
+    assert lines[4].startswith("| Network | SE block | seed 0 | seed 1 | seed 2 | over seeds | Δ seed 0 |")
+    # means 0.7, 0.55, 0.9: mean 0.717, sample sd 0.176; gains +0.1, -0.05: mean +0.025, sample sd 0.106
+    scse = "| U-Net | + scSE Block | 0.700 | 0.550 | 0.900 | 0.717 ± 0.176 | +0.100 | -0.050 | - | +0.025 ± 0.106 |"
+    assert lines[7] == scse + " 1 of 2 |"
+    assert lines[6] == "| U-Net | No SE Block | 0.600 | 0.600 | - | 0.600 ± 0.000 | - | - | - | - | - |"
+    paths = write_seed_spread(grids, str(tmp_path))
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and rows[-1] == {
+        "network": "unet",
+        "se": "scse",
+        "seed": "2",
+        "mean_dice": "0.9",
+        "delta_mean": "",
+    }

@@ -34,13 +34,17 @@ __all__ = [
     "SE_COLUMNS",
     "DiceTable",
     "PairedTest",
+    "SeedSpreadRow",
     "Table1Row",
     "compare_by_structure",
     "compare_by_volume",
+    "format_seed_spread_markdown",
     "format_table1_markdown",
     "load_dice_csv",
     "paired_wilcoxon",
+    "seed_spread",
     "table1",
+    "write_seed_spread",
     "write_table1",
     "write_table1_csv",
 ]
@@ -498,3 +502,131 @@ def format_structure_table(variants: Mapping[str, DiceTable], network: str) -> s
         lines.append(f"| {name} | " + " | ".join(cell(variants[se].structure_values(name)) for se in order) + " |")
     lines.append("| **per-volume mean** | " + " | ".join(cell(variants[se].volume_means()) for se in order) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# spread between seeds
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SeedSpreadRow:
+    """One (network, SE variant) over grids run with different seeds.
+
+    Attributes:
+        network: architecture name.
+        se: SE variant.
+        means: seed -> test mean Dice of that seed's run (mean over volumes of the per-volume mean Dice).
+        deltas: seed -> that mean minus the same seed's run without SE, over the volumes both evaluated (seeds without
+            that run are left out; empty for the reference variant).
+    """
+
+    network: str
+    se: str
+    means: dict[int, float] = field(default_factory=dict)
+    deltas: dict[int, float] = field(default_factory=dict)
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    a = np.asarray(list(values), dtype=float)
+    return a[~np.isnan(a)]
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``: an estimate of the spread between seeds; NaN below 2)."""
+    a = _finite(values)
+    if not a.size:
+        return math.nan, math.nan
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan
+
+
+def seed_spread(
+    grids: Mapping[int, Mapping[tuple[str, str], DiceTable]], reference: str = "none"
+) -> list[SeedSpreadRow]:
+    """Test mean Dice and its gain over the plain network, per seed, for every (network, SE variant) of the grids.
+
+    Args:
+        grids: seed -> Dice table of every run of that seed's grid, keyed by ``(network, se)``.
+        reference: the variant the gains are measured against (within the same seed).
+
+    Returns:
+        one row per (network, variant) found in any grid, networks in the paper's order, variants in Table 1's.
+    """
+    keys = {key for tables in grids.values() for key in tables}
+    networks = _network_order([n for n, _ in keys])
+    variants = [v for v in SE_COLUMNS if any(s == v for _, s in keys)]
+    variants += sorted({s for _, s in keys} - set(variants))
+    rows = []
+    for network in networks:
+        for se in variants:
+            if (network, se) not in keys:
+                continue
+            row = SeedSpreadRow(network, se)
+            for seed in sorted(grids):
+                table = grids[seed].get((network, se))
+                if table is None:
+                    continue
+                row.means[seed] = float(np.nanmean(table.volume_means()))
+                base = grids[seed].get((network, reference))
+                if se != reference and base is not None:
+                    row.deltas[seed] = compare_by_volume(table, base).delta
+            rows.append(row)
+    return rows
+
+
+def format_seed_spread_markdown(rows: Sequence[SeedSpreadRow], title: str = "Spread between seeds") -> str:
+    """The rows of :func:`seed_spread` as Markdown: per-seed test mean Dice and gain over no SE, their mean and sample
+    standard deviation over seeds, and in how many seeds the gain is positive."""
+    seeds = sorted({s for r in rows for s in r.means})
+
+    def num(v: float, signed: bool = False) -> str:
+        return "-" if v is None or math.isnan(v) else (f"{v:+.3f}" if signed else f"{v:.3f}")
+
+    lines = [
+        f"# {title}",
+        "",
+        "Test mean Dice (mean over the test volumes of each volume's mean Dice) of every run, and Δ: its difference "
+        "from the same network without SE trained with the same seed. Over seeds: mean ± sample standard deviation "
+        "(ddof = 1). Seeds: " + ", ".join(map(str, seeds)) + ".",
+        "",
+        "| Network | SE block | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | over seeds | "
+        + " | ".join(f"Δ seed {s}" for s in seeds)
+        + " | Δ over seeds | Δ > 0 |",
+        "|:--|:--|" + "--:|" * (2 * len(seeds) + 3),
+    ]
+    for r in rows:
+        mean, sd = _mean_sd(r.means.values())
+        cells = [_network_label(r.network), SE_COLUMNS.get(r.se, r.se)]
+        cells += [num(r.means.get(s, math.nan)) for s in seeds]
+        cells.append(f"{num(mean)} ± {num(sd)}")
+        if r.deltas:
+            dmean, dsd = _mean_sd(r.deltas.values())
+            cells += [num(r.deltas.get(s, math.nan), signed=True) for s in seeds]
+            cells += [
+                f"{num(dmean, signed=True)} ± {num(dsd)}",
+                f"{sum(d > 0 for d in r.deltas.values())} of " f"{len(r.deltas)}",
+            ]
+        else:
+            cells += ["-"] * (len(seeds) + 2)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_seed_spread(
+    grids: Mapping[int, Mapping[tuple[str, str], DiceTable]], out_dir: str, title: str = "Spread between seeds"
+) -> dict[str, str]:
+    """Write :func:`seed_spread` as ``seeds.md`` and, one row per (network, SE variant, seed), ``seeds.csv``."""
+    rows = seed_spread(grids)
+    os.makedirs(out_dir, exist_ok=True)
+    md, csv_path = os.path.join(out_dir, "seeds.md"), os.path.join(out_dir, "seeds.csv")
+    with open(md, "w") as f:
+        f.write(format_seed_spread_markdown(rows, title=title))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["network", "se", "seed", "mean_dice", "delta_mean"])
+        for r in rows:
+            for seed, mean in r.means.items():
+                writer.writerow([r.network, r.se, seed, _csv_value(mean), _csv_value(r.deltas.get(seed, math.nan))])
+    return {"md": md, "csv": csv_path}
