@@ -404,7 +404,9 @@ def format_table1_markdown(rows: Sequence[Table1Row], title: str = "Table 1", re
         "",
         "Two-sided, `scipy.stats.wilcoxon` (zero differences dropped). Paired by test volume (per-volume mean Dice) "
         "and by (volume, structure) (pairs with a NaN dropped); Δ: mean difference of the per-volume mean Dice; "
-        "n: pairs.",
+        "n: pairs. Each test compares two trained networks on the same test volumes: it does not include how much "
+        "another training of the same network (another seed) would differ; `python -m scripts.experiment seeds` "
+        "measures that.",
         "",
         "| Network | SE block | Δ mean Dice | p (by volume) | n | p (by volume, structure) | n |",
         "|:--|:--|--:|--:|--:|--:|--:|",
