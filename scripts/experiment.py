@@ -3,7 +3,7 @@
     # train and evaluate every (arch, se) of the grid, each in runs/NAME/<arch>_<se>/
     python -m scripts.experiment run --out runs/NAME --archs unet sdnet densenet --se none cse sse scse \\
         [--config configs/data/brain27.yaml --config configs/profiles/cpu.yaml] [--seed 0] [-- --features 32 ...]
-    # Table 1 (table1.md, table1.csv), Figures 2-4 and runs.csv from the finished runs
+    # Table 1 (table1.md, table1.csv), Figures 2-4, runs.csv and dice_per_volume.csv from the finished runs
     python -m scripts.experiment report --runs runs/NAME --out docs/results/NAME [--network densenet]
     # the spread between seeds (seeds.md, seeds.csv): the same grid run with other --seed into other folders
     python -m scripts.experiment seeds --runs runs/NAME runs/NAME_seed1 runs/NAME_seed2 --out docs/results/NAME
@@ -463,6 +463,10 @@ def load_runs(runs_dir: str) -> tuple[dict[tuple[str, str], dict], list[str]]:
     return done, incomplete
 
 
+def _se_rank(se: str) -> int:
+    return SE_VARIANTS.index(se) if se in SE_VARIANTS else len(SE_VARIANTS)
+
+
 def _stem(path: str) -> str:
     name = os.path.basename(path)
     for ext in (".nii.gz", ".nii"):
@@ -510,7 +514,8 @@ def _figure4_inputs(plain: Mapping, scse: Mapping) -> tuple[dict | None, str]:
 def make_report(
     runs_dir: str, out_dir: str, network: str | None = None, coronal_axis: int = 1, slice_index: int | None = None
 ) -> dict[str, str]:
-    """Table 1, Figures 2-4 and ``runs.csv`` from the done runs of ``runs_dir``, written into ``out_dir``.
+    """Table 1, Figures 2-4, ``runs.csv`` and ``dice_per_volume.csv`` (every run's per-volume, per-structure test
+    Dice) from the done runs of ``runs_dir``, written into ``out_dir``.
 
     Args:
         runs_dir: the grid folder (``--out`` of ``run``).
@@ -527,7 +532,7 @@ def make_report(
         ExperimentError: without done runs, or when ``network`` has none.
     """
     from scripts.evaluation import figures
-    from scripts.evaluation.stats import DiceTable, format_structure_table, write_table1
+    from scripts.evaluation.stats import NETWORK_NAMES, DiceTable, format_structure_table, write_table1
 
     done, incomplete = load_runs(runs_dir)
     if not done:
@@ -567,6 +572,24 @@ def make_report(
                 ]
             )
     written["runs"] = runs_csv
+
+    # the raw results: every run's per-volume, per-structure test Dice in one table (empty where undefined)
+    dice_csv = os.path.join(out_dir, "dice_per_volume.csv")
+    with open(dice_csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        structures = list(dict.fromkeys(s for table in tables.values() for s in table.structures))
+        writer.writerow(["run", "arch", "se", "seed", "volume", *structures, "mean"])
+        order = {a: i for i, a in enumerate(NETWORK_NAMES)}  # Table 1's rows and columns
+        for arch, se in sorted(tables, key=lambda k: (order.get(k[0], len(order)), k[0], _se_rank(k[1]))):
+            table = tables[(arch, se)]
+            for volume, row, mean in zip(table.volumes, table.values, table.volume_means()):
+                values = dict(zip(table.structures, row))
+                cells = [values.get(s, math.nan) for s in structures] + [mean]
+                writer.writerow(
+                    [f"{arch}_{se}", arch, se, done[(arch, se)].get("seed"), volume]
+                    + ["" if math.isnan(v) else f"{v:.6g}" for v in cells]
+                )
+    written["dice"] = dice_csv
 
     if network is None:
         counts = {a: sum((a, s) in done for s in SE_VARIANTS) for a in archs}

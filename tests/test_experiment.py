@@ -92,6 +92,18 @@ def test_report_writes_table1_and_figures(grid):
         rows = {(r["network"], r["se"]): r for r in csv.DictReader(f)}
     assert len(rows) == 8 and rows[("unet", "scse")]["n_volume_pairs"] == "1"
     assert rows[("densenet", "cse")]["note"] == "no run"
+    with open(os.path.join(out, "dice_per_volume.csv"), newline="") as f:
+        raw = list(csv.DictReader(f))
+    runs = ["densenet_none", "densenet_scse", "unet_none", "unet_scse"]  # Table 1's order
+    assert [(r["run"], r["volume"]) for r in raw] == [(run, "subject_005.nii.gz") for run in runs]
+    record = json.load(open(os.path.join(grid["runs"], "unet_scse", RUN_JSON)))["test_dice"]
+    unet_scse = raw[3]
+    for name, value in zip(record["structures"], record["dice"][0]):  # the run's own numbers, NaN as empty
+        if value is None:
+            assert unet_scse[name] == "", name
+        else:
+            assert float(unet_scse[name]) == pytest.approx(value, abs=1e-6), name
+    assert float(unet_scse["mean"]) == pytest.approx(record["volume_mean"][0], abs=1e-6)
 
     # figure 4 is skipped, with a reason, when the run's test image is not on disk
     moved = str(grid["root"] / "moved")
