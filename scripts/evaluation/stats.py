@@ -539,7 +539,7 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     a = _finite(values)
     if not a.size:
         return math.nan, math.nan
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan
+    return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else math.nan)
 
 
 def seed_spread(
@@ -608,7 +608,7 @@ def format_seed_spread_markdown(rows: Sequence[SeedSpreadRow], title: str = "Spr
             cells += [num(r.deltas.get(s, math.nan), signed=True) for s in seeds]
             cells += [
                 f"{num(dmean, signed=True)} ± {num(dsd)}",
-                f"{sum(d > 0 for d in r.deltas.values())} of " f"{len(r.deltas)}",
+                f"{sum(d > 0 for d in r.deltas.values())} of {len(r.deltas)}",
             ]
         else:
             cells += ["-"] * (len(seeds) + 2)
