@@ -463,10 +463,6 @@ def load_runs(runs_dir: str) -> tuple[dict[tuple[str, str], dict], list[str]]:
     return done, incomplete
 
 
-def _se_rank(se: str) -> int:
-    return SE_VARIANTS.index(se) if se in SE_VARIANTS else len(SE_VARIANTS)
-
-
 def _stem(path: str) -> str:
     name = os.path.basename(path)
     for ext in (".nii.gz", ".nii"):
@@ -532,7 +528,7 @@ def make_report(
         ExperimentError: without done runs, or when ``network`` has none.
     """
     from scripts.evaluation import figures
-    from scripts.evaluation.stats import NETWORK_NAMES, DiceTable, format_structure_table, write_table1
+    from scripts.evaluation.stats import DiceTable, format_structure_table, write_dice_per_volume, write_table1
 
     done, incomplete = load_runs(runs_dir)
     if not done:
@@ -573,22 +569,10 @@ def make_report(
             )
     written["runs"] = runs_csv
 
-    # the raw results: every run's per-volume, per-structure test Dice in one table (empty where undefined)
-    dice_csv = os.path.join(out_dir, "dice_per_volume.csv")
-    with open(dice_csv, "w", newline="") as f:
-        writer = csv.writer(f)
-        structures = list(dict.fromkeys(s for table in tables.values() for s in table.structures))
-        writer.writerow(["run", "arch", "se", "seed", "volume", *structures, "mean"])
-        order = {a: i for i, a in enumerate(NETWORK_NAMES)}  # Table 1's rows and columns
-        for arch, se in sorted(tables, key=lambda k: (order.get(k[0], len(order)), k[0], _se_rank(k[1]))):
-            table = tables[(arch, se)]
-            for volume, row, mean in zip(table.volumes, table.values, table.volume_means()):
-                values = dict(zip(table.structures, row))
-                cells = [values.get(s, math.nan) for s in structures] + [mean]
-                writer.writerow(
-                    [f"{arch}_{se}", arch, se, done[(arch, se)].get("seed"), volume]
-                    + ["" if math.isnan(v) else f"{v:.6g}" for v in cells]
-                )
+    # the raw results: every run's per-volume, per-structure test Dice in one table
+    dice_csv = write_dice_per_volume(
+        tables, os.path.join(out_dir, "dice_per_volume.csv"), {key: record.get("seed") for key, record in done.items()}
+    )
     written["dice"] = dice_csv
 
     if network is None:

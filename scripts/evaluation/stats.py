@@ -44,6 +44,7 @@ __all__ = [
     "paired_wilcoxon",
     "seed_spread",
     "table1",
+    "write_dice_per_volume",
     "write_seed_spread",
     "write_table1",
     "write_table1_csv",
@@ -285,6 +286,18 @@ def _network_order(networks: Sequence[str]) -> list[str]:
     return known + sorted(n for n in set(networks) if n not in NETWORK_NAMES)
 
 
+def _variant_order(variants: Sequence[str]) -> list[str]:
+    known = [v for v in SE_COLUMNS if v in variants]
+    return known + sorted(v for v in set(variants) if v not in SE_COLUMNS)
+
+
+def _grid_order(keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``(network, se)`` keys in Table 1's order: networks as the paper's rows, variants as its columns."""
+    keys = set(keys)
+    networks, variants = _network_order([n for n, _ in keys]), _variant_order([s for _, s in keys])
+    return [(n, s) for n in networks for s in variants if (n, s) in keys]
+
+
 def table1(
     tables: Mapping[tuple[str, str], DiceTable],
     networks: Sequence[str] | None = None,
@@ -475,6 +488,30 @@ def write_table1(
     return {"md": md, "csv": write_table1_csv(rows, os.path.join(out_dir, "table1.csv"))}
 
 
+def write_dice_per_volume(
+    tables: Mapping[tuple[str, str], DiceTable], path: str, seeds: Mapping[tuple[str, str], object] | None = None
+) -> str:
+    """Write the raw results of a grid: one row per (run, test volume) with its Dice of every structure (empty where
+    undefined) and its mean, runs in Table 1's order; returns ``path``.
+
+    Args:
+        tables: Dice table of every run, keyed by ``(network, se)``.
+        path: the CSV file.
+        seeds: the seed of every run, for the ``seed`` column (empty where unknown).
+    """
+    structures = list(dict.fromkeys(s for table in tables.values() for s in table.structures))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "arch", "se", "seed", "volume", *structures, "mean"])
+        for network, se in _grid_order(list(tables)):
+            table, seed = tables[(network, se)], (seeds or {}).get((network, se), "")
+            for volume, row, mean in zip(table.volumes, table.values, table.volume_means()):
+                values = dict(zip(table.structures, row))
+                cells = [_csv_value(float(values.get(s, math.nan))) for s in structures] + [_csv_value(float(mean))]
+                writer.writerow([f"{network}_{se}", network, se, seed, volume, *cells])
+    return path
+
+
 def format_structure_table(variants: Mapping[str, DiceTable], network: str) -> str:
     """Per-structure test Dice of one network's SE variants as Markdown: mean ± std over volumes (NaN skipped).
 
@@ -554,25 +591,18 @@ def seed_spread(
     Returns:
         one row per (network, variant) found in any grid, networks in the paper's order, variants in Table 1's.
     """
-    keys = {key for tables in grids.values() for key in tables}
-    networks = _network_order([n for n, _ in keys])
-    variants = [v for v in SE_COLUMNS if any(s == v for _, s in keys)]
-    variants += sorted({s for _, s in keys} - set(variants))
     rows = []
-    for network in networks:
-        for se in variants:
-            if (network, se) not in keys:
+    for network, se in _grid_order([key for tables in grids.values() for key in tables]):
+        row = SeedSpreadRow(network, se)
+        for seed in sorted(grids):
+            table = grids[seed].get((network, se))
+            if table is None:
                 continue
-            row = SeedSpreadRow(network, se)
-            for seed in sorted(grids):
-                table = grids[seed].get((network, se))
-                if table is None:
-                    continue
-                row.means[seed] = float(np.nanmean(table.volume_means()))
-                base = grids[seed].get((network, reference))
-                if se != reference and base is not None:
-                    row.deltas[seed] = compare_by_volume(table, base).delta
-            rows.append(row)
+            row.means[seed] = float(np.nanmean(table.volume_means()))
+            base = grids[seed].get((network, reference))
+            if se != reference and base is not None:
+                row.deltas[seed] = compare_by_volume(table, base).delta
+        rows.append(row)
     return rows
 
 
