@@ -31,7 +31,7 @@ def _pair(folder, name: str = "case", shape=SHAPE, labels=(0, 1, 2)) -> dict:
 
 def _decathlon(root, cases: int, test_images: int = 0) -> None:
     """A Decathlon layout with ``cases`` labelled volumes and ``test_images`` unlabelled ones."""
-    volume = np.zeros(SHAPE, dtype=np.uint8)
+    volume = (np.indices(SHAPE).sum(0) % 3).astype(np.uint8)
     for i in range(cases):
         _save(root / "imagesTr" / f"case_{i:02d}.nii.gz", volume.astype(np.float32))
         _save(root / "labelsTr" / f"case_{i:02d}.nii.gz", volume)
@@ -109,7 +109,7 @@ def test_decathlon_layout_split(tmp_path):
     assert datalist["validation"] == [{"image": "imagesTr/case_07.nii.gz", "label": "labelsTr/case_07.nii.gz"}]
     items = load_split(path, "training")
     assert items[0]["image"] == str(tmp_path / "imagesTr" / "case_00.nii.gz") and os.path.isfile(items[0]["label"])
-    assert check_volumes(items, allowed_labels=[0]) is items
+    assert check_volumes(items, allowed_labels=[0, 1, 2]) is items
 
     # A datalist this module wrote follows the folder when cases are added.
     _decathlon(tmp_path, cases=20)
@@ -265,7 +265,7 @@ def test_check_dimensions(tmp_path):
     _raises(r"has shape \(12, 10, 8, 3\); expected a 3D volume", check_volumes, [{"image": four}])
     flat = _save(tmp_path / "flat.nii.gz", np.zeros(SHAPE[:2], dtype=np.float32))
     _raises("expected a 3D volume", check_volumes, [{"image": flat}])
-    single = _save(tmp_path / "single.nii.gz", np.zeros((*SHAPE, 1), dtype=np.float32))
+    single = _save(tmp_path / "single.nii.gz", np.random.default_rng(0).random((*SHAPE, 1)).astype(np.float32))
     label = _pair(tmp_path)["label"]
     check_volumes([{"image": single, "label": label}], allowed_labels=3)  # a trailing channel of 1 is a 3D volume
 
@@ -292,7 +292,7 @@ def test_label_map_folder_split_and_errors(tmp_path):
     maps = tmp_path / "maps"
     maps.mkdir()
     for i in range(7):
-        _save(str(maps / f"map_{i:02d}.nii.gz"), np.full(SHAPE, i % 3, dtype=np.uint8))
+        _save(str(maps / f"map_{i:02d}.nii.gz"), ((np.indices(SHAPE).sum(0) + i) % 3).astype(np.uint8))
     path = resolve_datalist(str(maps), label_maps=True, num_validation=1, num_test=3, cache_dir=str(tmp_path))
     splits = {k: load_split(path, k) for k in ("training", "validation", "test")}
     assert [len(v) for v in splits.values()] == [3, 1, 3]
@@ -303,3 +303,60 @@ def test_label_map_folder_split_and_errors(tmp_path):
     empty.mkdir()
     _raises("label map folder '.*' holds no NIfTI label maps", resolve_datalist, str(empty), label_maps=True)
     _raises("has 7 labelled volumes; expected enough", resolve_datalist, str(maps), label_maps=True, num_test=7)
+
+
+def test_check_constant_image_and_background_only_label(tmp_path):
+    pair = _pair(tmp_path)
+    zeros = _save(tmp_path / "zeros.nii.gz", np.zeros(SHAPE, dtype=np.float32))
+    _raises(
+        rf"^image '{zeros}' is constant \(every voxel is 0.0\); expected an image$", check_volumes, [{"image": zeros}]
+    )
+    empty = _save(tmp_path / "empty_seg.nii.gz", np.zeros(SHAPE, dtype=np.uint8))
+    _raises(
+        f"^label '{empty}' holds only background \\(0\\); expected labelled structures$",
+        check_volumes,
+        [{"image": pair["image"], "label": empty}],
+    )
+
+
+def test_check_slice_size_in_the_slicing_orientation(tmp_path):
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "thin.nii.gz")
+    nib.save(nib.Nifti1Image(rng.random((20, 8, 20)).astype(np.float32), np.eye(4)), path)
+    assert check_volumes([{"image": path}], axcodes="RAS", slice_axis=1, min_size=16)  # 20x20 coronal slices
+    _raises(
+        f"^'{path}' gives slices of 20x8 voxels; expected at least 16 each way",
+        check_volumes,
+        [{"image": path}],
+        axcodes="RAS",
+        slice_axis=2,
+        min_size=16,
+    )
+    # FreeSurfer's LIA: voxel axis 1 runs inferior, so it is RAS axis 2; slicing along RAS axis 1 cuts it in-plane
+    lia = np.array([[-1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float)
+    nib.save(nib.Nifti1Image(rng.random((20, 8, 20)).astype(np.float32), lia), path)
+    _raises("gives slices of 20x8 voxels", check_volumes, [{"image": path}], axcodes="RAS", slice_axis=1, min_size=16)
+    assert check_volumes([{"image": path}], axcodes="RAS", slice_axis=2, min_size=16)
+
+
+def test_check_names_every_bad_volume_and_equal_slices(tmp_path):
+    good, other = _pair(tmp_path, "good"), _pair(tmp_path, "other", shape=(12, 11, 8))
+    missing = {"image": str(tmp_path / "missing.nii.gz")}
+    zeros = {"image": _save(tmp_path / "zeros.nii.gz", np.zeros(SHAPE, dtype=np.float32))}
+    message = _raises("^2 of 3 volumes cannot be used: ", check_volumes, [missing, good, zeros])
+    assert "missing.nii.gz' does not exist" in message and "zeros.nii.gz' is constant" in message
+    assert check_volumes([good, other]) == [good, other]
+    _raises(
+        r"^volumes give slices of different sizes \('.*good_img.nii.gz' 12x10, '.*other_img.nii.gz' 12x11\); "
+        r"expected one size, or --slice_size \[H, W\]",
+        check_volumes,
+        [good, other],
+        axcodes="RAS",
+        slice_axis=2,
+        equal_slices=True,
+    )
+    usable = check_volumes([missing, good, zeros], skip_bad=True)
+    assert list(usable) == [good] and len(usable.skipped) == 2
+    _raises("^2 of 3 volumes were skipped \\(the others are done\\): ", usable.refuse_skipped)
+    assert check_volumes([good], skip_bad=True).refuse_skipped() is True
+    _raises("^2 of 2 volumes cannot be used", check_volumes, [missing, zeros], skip_bad=True)  # nothing left to do

@@ -104,7 +104,7 @@ def test_ct_protocol_refuses_unknown_label_values(tmp_path):
     label = np.zeros((20, 20, 4), dtype=np.uint8)
     label[0, 0, 0] = 200
     item = {
-        "image": _volume(str(tmp_path / "ct.nii.gz"), np.zeros((20, 20, 4), dtype=np.int16), affine),
+        "image": _volume(str(tmp_path / "ct.nii.gz"), np.arange(1600, dtype=np.int16).reshape(20, 20, 4), affine),
         "label": _volume(str(tmp_path / "seg.nii.gz"), label, affine),
     }
     datalist = tmp_path / "datalist.json"

@@ -6,8 +6,8 @@ Datalists from folders, and checks of the input volumes before any work starts.
 A run should fail in its first seconds, with one line that names the file and what was expected, rather than hours
 later inside a data loader worker. The configs therefore resolve the data to a Decathlon-style datalist JSON
 (:py:func:`resolve_datalist`), load one split of it (:py:func:`load_split`) and pass the items through
-:py:func:`check_volumes` before the trainer or evaluator is built. Every error raised here is a ``ValueError`` whose
-message is a single line.
+:py:func:`check_volumes` before the trainer or evaluator is built. Every error raised here is an ``InputError`` (a
+``ValueError``) whose message is a single line.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
 import struct
 import tempfile
@@ -27,14 +28,16 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 from nibabel.filebasedimages import ImageFileError
 
+from ..errors import InputError
 from .synthetic import ensure_default_dataset
 
-__all__ = ["check_volumes", "list_volumes", "load_split", "resolve_datalist"]
+__all__ = ["UsableVolumes", "check_volumes", "list_volumes", "load_split", "resolve_datalist"]
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 # Marks datalists this module wrote, so they are rebuilt when the folder changes instead of being trusted as the
 # user's own.
 _GENERATED_BY = "scripts.data.datalist"
+logger = logging.getLogger(__name__)
 # Exceptions nibabel, gzip and zlib raise on truncated or corrupt files.
 _READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ImageFileError, ValueError, struct.error)
 
@@ -67,14 +70,14 @@ def _one_line(error: BaseException) -> str:
 def _read_json(path: str) -> dict:
     """Read a datalist JSON object, with one-line errors."""
     if not os.path.isfile(path):
-        raise ValueError(f"datalist '{path}' does not exist")
+        raise InputError(f"datalist '{path}' does not exist")
     try:
         with open(path) as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read datalist '{path}': {_one_line(e)}") from e
+        raise InputError(f"cannot read datalist '{path}': {_one_line(e)}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"datalist '{path}' holds a {type(data).__name__}; expected a JSON object with split keys")
+        raise InputError(f"datalist '{path}' holds a {type(data).__name__}; expected a JSON object with split keys")
     return data
 
 
@@ -101,7 +104,7 @@ def _split_counts(
     num_validation = max(1, num_cases // 10) if num_validation is None else num_validation
     num_training = num_cases - num_test - num_validation
     if num_training < 1 or num_validation < 1 or num_test < 0:
-        raise ValueError(
+        raise InputError(
             f"dataset_dir '{dataset_dir}' has {num_cases} labelled volumes; expected enough for at least 1 training "
             f"and 1 validation volume besides {num_test} test volumes"
         )
@@ -124,7 +127,7 @@ def _label_map_split(
     """
     names = _nifti_files(dataset_dir)
     if not names:
-        raise ValueError(f"label map folder '{dataset_dir}' holds no NIfTI label maps (*.nii, *.nii.gz)")
+        raise InputError(f"label map folder '{dataset_dir}' holds no NIfTI label maps (*.nii, *.nii.gz)")
     num_training, num_validation, num_test = _split_counts(len(names), dataset_dir, num_validation, num_test)
     items = [
         {"label": os.path.relpath(full, relative_to) if relative_to else os.path.abspath(full)}
@@ -164,12 +167,12 @@ def _decathlon_split(
         images[stem[:-5] if stem.endswith("_0000") else stem] = name
     labels = {_stem(name): name for name in _nifti_files(labels_dir)}
     if not images and not labels:
-        raise ValueError(
+        raise InputError(
             f"dataset_dir '{dataset_dir}' holds no NIfTI volumes (expected datalist.json, or imagesTr/ and labelsTr/)"
         )
     unlabelled, orphans = sorted(set(images) - set(labels)), sorted(set(labels) - set(images))
     if unlabelled or orphans:
-        raise ValueError(
+        raise InputError(
             f"dataset_dir '{dataset_dir}' has images without labels {unlabelled[:5]} and labels without images "
             f"{orphans[:5]}; expected the same file names in imagesTr/ and labelsTr/"
         )
@@ -234,7 +237,7 @@ def resolve_datalist(
     """
     if datalist:
         if not os.path.isfile(datalist):
-            raise ValueError(f"datalist '{datalist}' does not exist")
+            raise InputError(f"datalist '{datalist}' does not exist")
         return datalist
     if default_dir and os.path.realpath(dataset_dir) == os.path.realpath(default_dir):
         counts = {"num_validation": num_validation, "num_test": num_test}
@@ -244,7 +247,7 @@ def resolve_datalist(
     if os.path.isfile(dataset_dir) and dataset_dir.endswith(".json"):
         return dataset_dir
     if not os.path.isdir(dataset_dir):
-        raise ValueError(f"dataset_dir '{dataset_dir}' does not exist")
+        raise InputError(f"dataset_dir '{dataset_dir}' does not exist")
 
     own = os.path.join(dataset_dir, "datalist.json")
     if os.path.isfile(own) and _read_json(own).get("generated_by") != _GENERATED_BY:
@@ -255,11 +258,11 @@ def resolve_datalist(
     if not has_layout and not label_maps:
         loose = _nifti_files(dataset_dir)
         if loose:
-            raise ValueError(
+            raise InputError(
                 f"dataset_dir '{dataset_dir}' holds {len(loose)} NIfTI volumes but no labels (expected datalist.json, "
                 "or imagesTr/ and labelsTr/)"
             )
-        raise ValueError(
+        raise InputError(
             f"dataset_dir '{dataset_dir}' holds no NIfTI volumes (expected datalist.json, or imagesTr/ and labelsTr/)"
         )
 
@@ -299,15 +302,15 @@ def load_split(datalist_path: str, split: str) -> list[dict]:
     data = _read_json(datalist_path)
     if split not in data:
         keys = [k for k, v in data.items() if isinstance(v, list)]
-        raise ValueError(f"datalist '{datalist_path}' has no key '{split}' (split keys present: {keys})")
+        raise InputError(f"datalist '{datalist_path}' has no key '{split}' (split keys present: {keys})")
     if not data[split]:
-        raise ValueError(f"datalist '{datalist_path}' key '{split}' is empty; expected at least one item")
+        raise InputError(f"datalist '{datalist_path}' key '{split}' is empty; expected at least one item")
     try:
         return load_decathlon_datalist(
             datalist_path, is_segmentation=True, data_list_key=split, base_dir=os.path.dirname(datalist_path)
         )
     except TypeError as e:
-        raise ValueError(
+        raise InputError(
             f"datalist '{datalist_path}' key '{split}' must list {{'image': ..., 'label': ...}} objects: {_one_line(e)}"
         ) from e
 
@@ -329,19 +332,19 @@ def list_volumes(folder_or_datalist: str) -> list[dict]:
     if os.path.isdir(path):
         items = [{"image": os.path.abspath(os.path.join(path, n))} for n in _nifti_files(path)]
         if not items:
-            raise ValueError(f"folder '{path}' holds no NIfTI volumes (*.nii, *.nii.gz)")
+            raise InputError(f"folder '{path}' holds no NIfTI volumes (*.nii, *.nii.gz)")
         return items
     if os.path.isfile(path) and path.endswith(".json"):
         data = _read_json(path)
         key = next((k for k in ("test", "inference") if data.get(k)), None)
         if key is None:
-            raise ValueError(f"datalist '{path}' has no 'test' or 'inference' volumes (keys present: {list(data)})")
+            raise InputError(f"datalist '{path}' has no 'test' or 'inference' volumes (keys present: {list(data)})")
         return [{"image": item["image"]} for item in load_split(path, key)]
     if os.path.isfile(path) and _is_nifti(os.path.basename(path)):
         return [{"image": os.path.abspath(path)}]
     if not os.path.exists(path):
-        raise ValueError(f"'{path}' does not exist; expected a folder of NIfTI volumes or a datalist JSON")
-    raise ValueError(f"'{path}' is neither a folder, a datalist JSON nor a NIfTI volume")
+        raise InputError(f"'{path}' does not exist; expected a folder of NIfTI volumes or a datalist JSON")
+    raise InputError(f"'{path}' is neither a folder, a datalist JSON nor a NIfTI volume")
 
 
 def _load(path: str) -> nib.spatialimages.SpatialImage:
@@ -369,18 +372,18 @@ def _read_volume(path: object, role: str) -> tuple[np.ndarray, np.ndarray]:
         the 3D data array and the 4x4 affine.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"{role} {path!r} is not a file path; expected one NIfTI file per item")
+        raise InputError(f"{role} {path!r} is not a file path; expected one NIfTI file per item")
     if not os.path.isfile(path):
-        raise ValueError(f"{role} '{path}' does not exist")
+        raise InputError(f"{role} '{path}' does not exist")
     try:
         volume = _load(str(path))
         data = np.asanyarray(volume.dataobj)
     except _READ_ERRORS as e:
-        raise ValueError(f"cannot read NIfTI '{path}': {_one_line(e)}") from e
+        raise InputError(f"cannot read NIfTI '{path}': {_one_line(e)}") from e
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise ValueError(
+        raise InputError(
             f"{role} '{path}' has shape {tuple(data.shape)}; expected a 3D volume (4D only with a last dimension of 1)"
         )
     return data, np.asarray(volume.affine)
@@ -392,10 +395,10 @@ def _label_values(data: np.ndarray, path: object) -> list[int]:
         finite = np.isfinite(data)
         if not finite.all() or not np.array_equal(data, np.round(data)):
             bad = data[~finite] if not finite.all() else data[data != np.round(data)]
-            raise ValueError(f"label '{path}' has non-integer values (e.g. {bad.flat[0]}); expected integer labels")
+            raise InputError(f"label '{path}' has non-integer values (e.g. {bad.flat[0]}); expected integer labels")
         data = data.astype(np.int64)
     elif not np.issubdtype(data.dtype, np.integer) and data.dtype != np.bool_:
-        raise ValueError(f"label '{path}' has data type {data.dtype}; expected integer labels")
+        raise InputError(f"label '{path}' has data type {data.dtype}; expected integer labels")
     flat = data.ravel()
     low, high = int(flat.min()), int(flat.max())
     if low >= 0 and high < 1 << 16:
@@ -411,19 +414,34 @@ def _describe(values: set[int]) -> str:
     return str(ordered)
 
 
+def _slice_shape(shape: tuple[int, ...], affine: np.ndarray, axcodes: str, slice_axis: int) -> tuple[int, ...]:
+    """The 2D slice size of a volume once reoriented to ``axcodes`` and cut along ``slice_axis``."""
+    ornt = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt(axcodes))
+    oriented = [0, 0, 0]
+    for axis, (target, _) in enumerate(ornt):
+        oriented[int(target)] = shape[axis]
+    return tuple(size for axis, size in enumerate(oriented) if axis != slice_axis)
+
+
 def check_volumes(
     items: Sequence[dict],
     allowed_labels: Sequence[int] | int | None = None,
     image_key: str = "image",
     label_key: str = "label",
     affine_tolerance: float = 1e-3,
-) -> Sequence[dict]:
+    axcodes: str | None = None,
+    slice_axis: int | None = None,
+    min_size: int | None = None,
+    equal_slices: bool = False,
+    skip_bad: bool = False,
+) -> list[dict]:
     """Check every volume of a datalist before training, evaluation or inference starts.
 
     For every item: the files exist and read completely; image and label are 3D (a last dimension of 1 is allowed)
-    and of equal shape and affine; the image is finite; the label holds integers within ``allowed_labels``. Items
-    without ``label_key`` (inference) only have their image checked, items without ``image_key`` (label maps from
-    which images are synthesised) only their label.
+    and of equal shape and affine; the image is finite and not constant; the label holds integers within
+    ``allowed_labels`` and not only background; slices are at least ``min_size`` voxels each way. Items without
+    ``label_key`` (inference) only have their image checked, items without ``image_key`` (label maps from which
+    images are synthesised) only their label. Every item is checked, and all the bad ones are named in one message.
 
     Args:
         items: datalist items, such as ``{"image": path, "label": path}``.
@@ -432,21 +450,33 @@ def check_volumes(
         image_key: key of the image path.
         label_key: key of the label path.
         affine_tolerance: largest difference allowed between the image's and the label's affine entries (mm).
+        axcodes: orientation the volumes are sliced in (e.g. ``"RAS"``); with ``slice_axis``, the slices are sized
+            in it. ``None``: every dimension must be at least ``min_size``.
+        slice_axis: the axis (after reorientation) the 2D slices are cut along.
+        min_size: smallest slice size, each way (the configs give the network's ``min_size``); ``None``: no limit.
+        equal_slices: all volumes must give slices of one size (training batches without ``slice_size``).
+        skip_bad: return the good items as :class:`UsableVolumes` and log the bad ones (inference), instead of
+            refusing them all; all bad is refused all the same.
 
     Returns:
-        ``items``, unchanged, so the check can wrap a datalist in a config expression.
+        the items (the good ones with ``skip_bad``), so the check can wrap a datalist in a config expression.
 
     Raises:
-        ValueError: with a one-line message naming the file or value and what was expected.
+        InputError: with a one-line message naming every bad file and what was expected.
     """
     if isinstance(allowed_labels, int):
         allowed_labels = range(allowed_labels)
     allowed = None if allowed_labels is None else {int(v) for v in allowed_labels}
 
-    def check(index_item: tuple[int, dict]) -> None:
+    def slice_size(data: np.ndarray, affine: np.ndarray) -> tuple[int, ...]:
+        if axcodes is None or slice_axis is None:
+            return tuple(data.shape)
+        return _slice_shape(data.shape, affine, axcodes, slice_axis)
+
+    def check(index_item: tuple[int, dict]) -> tuple[str, tuple[int, ...]]:
         index, item = index_item
         if not isinstance(item, dict) or (image_key not in item and label_key not in item):
-            raise ValueError(f"datalist item {index} is {item!r}; expected a dict with an '{image_key}' path")
+            raise InputError(f"datalist item {index} is {item!r}; expected a dict with an '{image_key}' path")
         image = image_affine = label = None
         if image_key in item:
             image_path = item[image_key]
@@ -454,41 +484,92 @@ def check_volumes(
             if np.issubdtype(image.dtype, np.floating):
                 bad = int(np.count_nonzero(~np.isfinite(image)))
                 if bad:
-                    raise ValueError(
+                    raise InputError(
                         f"image '{image_path}' has {bad} NaN or infinite values; expected finite intensities"
                     )
-        if label_key not in item:
-            return
-        label_path = item[label_key]
-        label, label_affine = _read_volume(label_path, "label")
-        if image is not None:
-            if label.shape != image.shape:
-                raise ValueError(
-                    f"image '{image_path}' has shape {tuple(image.shape)} but label '{label_path}' has shape "
-                    f"{tuple(label.shape)}; expected equal shapes"
-                )
-            if not np.allclose(label_affine, image_affine, atol=affine_tolerance):
-                raise ValueError(
-                    f"image '{image_path}' and label '{label_path}' have different affines (largest difference "
-                    f"{np.abs(label_affine - image_affine).max():.3g} mm); expected the label on the image's grid"
-                )
-        values = _label_values(label, label_path)
-        if allowed is not None:
-            unexpected = [v for v in values if v not in allowed]
-            if unexpected:
-                shown = ", ".join(str(v) for v in unexpected[:20]) + (", ..." if len(unexpected) > 20 else "")
-                raise ValueError(
-                    f"label '{label_path}' has values [{shown}] outside the declared labels {_describe(allowed)}"
-                )
+            low, high = image.min(), image.max()
+            if low == high:
+                raise InputError(f"image '{image_path}' is constant (every voxel is {low}); expected an image")
+            size = slice_size(image, image_affine)
+            name = str(image_path)
+        if label_key in item:
+            label_path = item[label_key]
+            label, label_affine = _read_volume(label_path, "label")
+            if image is not None:
+                if label.shape != image.shape:
+                    raise InputError(
+                        f"image '{image_path}' has shape {tuple(image.shape)} but label '{label_path}' has shape "
+                        f"{tuple(label.shape)}; expected equal shapes"
+                    )
+                if not np.allclose(label_affine, image_affine, atol=affine_tolerance):
+                    raise InputError(
+                        f"image '{image_path}' and label '{label_path}' have different affines (largest difference "
+                        f"{np.abs(label_affine - image_affine).max():.3g} mm); expected the label on the image's grid"
+                    )
+            values = _label_values(label, label_path)
+            if allowed is not None:
+                unexpected = [v for v in values if v not in allowed]
+                if unexpected:
+                    shown = ", ".join(str(v) for v in unexpected[:20]) + (", ..." if len(unexpected) > 20 else "")
+                    raise InputError(
+                        f"label '{label_path}' has values [{shown}] outside the declared labels {_describe(allowed)}"
+                    )
+            if values == [0]:
+                raise InputError(f"label '{label_path}' holds only background (0); expected labelled structures")
+            if image is None:
+                size, name = slice_size(label, label_affine), str(label_path)
+        if min_size is not None and min(size) < min_size:
+            raise InputError(
+                f"'{name}' gives slices of {'x'.join(map(str, size))} voxels; expected at least {min_size} each way "
+                "(the network pools 4 times)"
+            )
+        return name, size
 
-    # Reading is mostly decompression, which releases the GIL; report the first failing item in datalist order.
+    # Reading is mostly decompression, which releases the GIL. Every item is checked; errors in datalist order.
+    results: list[tuple[str, tuple[int, ...]] | None] = []
+    errors: list[str] = []
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(check, pair) for pair in enumerate(items)]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    return items
+        for future in [pool.submit(check, pair) for pair in enumerate(items)]:
+            try:
+                results.append(future.result())
+            except InputError as e:
+                results.append(None)
+                errors.append(str(e))
+    good = [item for item, result in zip(items, results) if result is not None]
+    if errors and not (skip_bad and good):
+        if len(errors) == 1:
+            raise InputError(errors[0])
+        raise InputError(f"{len(errors)} of {len(results)} volumes cannot be used: " + " | ".join(errors))
+    sizes = {result[1]: result[0] for result in results if result is not None}
+    if equal_slices and len(sizes) > 1:
+        (size_a, name_a), (size_b, name_b) = list(sizes.items())[:2]
+        raise InputError(
+            f"volumes give slices of different sizes ('{name_a}' {'x'.join(map(str, size_a))}, '{name_b}' "
+            f"{'x'.join(map(str, size_b))}); expected one size, or --slice_size [H, W] to pad or crop them to one"
+        )
+    if not skip_bad:
+        return items
+    return UsableVolumes(good, errors, len(results))
+
+
+class UsableVolumes(list):
+    """The items :func:`check_volumes` accepted with ``skip_bad``; the reasons for the others in ``skipped``.
+
+    Inference segments the good volumes, and :meth:`refuse_skipped`, the last step of its run, then names the skipped
+    ones, so that the exit code tells a pipeline that some volumes were not segmented.
+    """
+
+    def __init__(self, good: Sequence[dict], skipped: Sequence[str], total: int) -> None:
+        super().__init__(good)
+        self.skipped, self.total = list(skipped), total
+        if self.skipped:
+            logger.warning(f"{len(self.skipped)} of {total} volumes are skipped: " + " | ".join(self.skipped))
+
+    def refuse_skipped(self) -> bool:
+        """Raise ``InputError`` naming every skipped volume and why; ``True`` when none was skipped."""
+        if self.skipped:
+            raise InputError(
+                f"{len(self.skipped)} of {self.total} volumes were skipped (the others are done): "
+                + " | ".join(self.skipped)
+            )
+        return True

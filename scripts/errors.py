@@ -1,0 +1,141 @@
+"""Refusals a person can read: one line naming the option or file, printed last, without a Python traceback.
+
+The bundle's checks raise ``ValueError`` (or :class:`InputError`) with a one-line message before any work starts, but
+MONAI's config parser wraps every error of a component in ``RuntimeError: Failed to instantiate component ...`` and the
+interpreter then prints a traceback of 60-400 lines that buries the message. :func:`one_line_errors` installs a
+``sys.excepthook`` that finds the bundle's own refusal in the exception chain and prints only its message; any other
+error (a bug, an out-of-memory error) keeps its full traceback. ``--debug true`` keeps every traceback.
+
+Which errors are refusals: a ``ValueError`` raised by the bundle's own code (the innermost frame of its traceback is in
+this ``scripts`` package), and a distributed backend error (a rank that died or froze), which is reported with the
+timeout that ended it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from types import TracebackType
+
+__all__ = ["InputError", "check_options", "find_refusal", "one_line_errors", "refusal_message"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class InputError(ValueError):
+    """A bad input or option, refused before work starts; its message is one line naming the file or option."""
+
+
+def _chain(error: BaseException):
+    """The exception and its causes and contexts, outermost first, each once."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _raised_here(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is in this package."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+# what gloo and NCCL say when a peer died or stopped answering (raised from C++ hooks, e.g. DDP's backward allreduce)
+_COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|timed out|timeout|pair closure|connection (closed|reset)", re.IGNORECASE)
+
+
+def _is_distributed_failure(error: BaseException) -> bool:
+    """A collective that failed: NCCL's ``DistBackendError``, or gloo's ``RuntimeError`` raised inside torch's
+    distributed code or, in a distributed run, with gloo's or NCCL's words for a lost peer."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # torch without distributed support
+        return False
+    if isinstance(error, dist.DistBackendError):
+        return True
+    if not isinstance(error, RuntimeError):
+        return False
+    if dist.is_available() and dist.is_initialized() and _COLLECTIVE_FAILURE.search(str(error)):
+        return True
+    tb = error.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if f"torch{os.sep}distributed" in name or name.endswith(f"parallel{os.sep}distributed.py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def find_refusal(error: BaseException) -> BaseException | None:
+    """The bundle's own refusal (or a distributed failure) in ``error``'s chain, innermost first; ``None`` if absent."""
+    found = None
+    for item in _chain(error):
+        if isinstance(item, InputError) or (isinstance(item, ValueError) and _raised_here(item)):
+            found = item
+        elif _is_distributed_failure(item):
+            found = item
+    return found
+
+
+def refusal_message(error: BaseException) -> str:
+    """One line for a refusal found by :func:`find_refusal`."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if _is_distributed_failure(error):
+        first = text.split(" Exception raised from ")[0]
+        return (
+            f"distributed training stopped on rank {os.environ.get('RANK', '?')}: another rank died or did not "
+            f"answer within --ddp_timeout seconds ({first[:300]})"
+        )
+    return text
+
+
+def one_line_errors(debug: bool = False) -> bool:
+    """Print refusals as one line, without a traceback, when they end the process (``debug``: keep tracebacks).
+
+    Args:
+        debug: leave Python's default hook in place, so every error shows its whole traceback.
+
+    Returns:
+        whether the one-line hook is installed.
+    """
+    if debug:
+        sys.excepthook = sys.__excepthook__
+        return False
+    previous = sys.__excepthook__
+
+    def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+        refusal = find_refusal(error)
+        if refusal is None:
+            previous(kind, error, tb)
+            return
+        sys.stderr.write(f"ERROR: {refusal_message(refusal)}\n")
+        sys.stderr.flush()
+
+    sys.excepthook = hook
+    return True
+
+
+def check_options(positive: dict | None = None, non_negative: dict | None = None) -> bool:
+    """Refuse, in one line naming the option, numeric options out of range, before any data is read.
+
+    Args:
+        positive: ``{option: value}`` that must be > 0.
+        non_negative: ``{option: value}`` that must be >= 0.
+
+    Returns:
+        ``True``.
+    """
+    for bound, options in ((0, positive or {}), (None, non_negative or {})):
+        for name, value in options.items():
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            if ok and (value > 0 if bound == 0 else value >= 0):
+                continue
+            expected = "a number > 0" if bound == 0 else "a number >= 0"
+            raise InputError(f"--{name} {value!r} is out of range; expected {expected}")
+    return True

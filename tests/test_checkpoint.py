@@ -1,0 +1,157 @@
+"""Checkpoint policy: atomic writes, checks of checkpoints, one training per folder, earlier trainings kept."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+from scripts.checkpoint import (
+    BEST_FILE,
+    LATEST_FILE,
+    BestCheckpoint,
+    atomic_torch_save,
+    check_checkpoint,
+    claim_checkpoint_dir,
+)
+from scripts.errors import InputError
+from scripts.networks import get_network
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _net(features: int = 4, classes: int = 3) -> torch.nn.Module:
+    return get_network("unet", "scse", 2, 1, classes, features=features)
+
+
+def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    path = str(tmp_path / "model.pt")
+    atomic_torch_save({"w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_torch_save({"w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["model.pt"]  # no temporary file left behind
+
+
+def test_atomic_save_gives_the_permissions_of_a_new_file(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_torch_save({"w": torch.ones(1)}, str(tmp_path / "model.pt"))
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / "model.pt").st_mode & 0o777 == 0o644
+
+
+def test_best_checkpoint_replaces_the_file_only_on_a_better_score(tmp_path):
+    net = _net()
+    best = BestCheckpoint(net, str(tmp_path), "dice")
+    engine = Engine(lambda e, b: None)
+    path = tmp_path / BEST_FILE
+    for score, value in ((0.5, 1.0), (0.3, 2.0), (0.7, 3.0)):
+        engine.state.metrics = {"dice": score}
+        with torch.no_grad():
+            net.classifier.bias.fill_(value)
+        best.checkpoint(engine)
+        assert path.is_file()
+    assert torch.load(path, weights_only=True)["classifier.bias"][0] == 3.0
+    assert os.listdir(tmp_path) == [BEST_FILE]
+    # its state (the best score) travels in checkpoint_latest.pt and is restored on resume
+    restored = BestCheckpoint(_net(), str(tmp_path), "dice")
+    restored.load_state_dict(best.state_dict())
+    engine.state.metrics = {"dice": 0.6}
+    restored.checkpoint(engine)  # worse than 0.7: model.pt stays
+    assert torch.load(path, weights_only=True)["classifier.bias"][0] == 3.0
+
+
+def test_checkpoint_checks_name_the_file_and_the_problem(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        check_checkpoint(str(tmp_path / "none.pt"))
+    good = str(tmp_path / "good.pt")
+    torch.save(_net().state_dict(), good)
+    assert check_checkpoint(good, _net()) == good
+    truncated = str(tmp_path / "truncated.pt")
+    with open(good, "rb") as f, open(truncated, "wb") as g:
+        g.write(f.read()[:4000])
+    with pytest.raises(InputError, match=r"truncated\.pt' cannot be read") as caught:
+        check_checkpoint(truncated)
+    assert "weights_only=False" not in str(caught.value) and "\n" not in str(caught.value)
+    code = str(tmp_path / "code.pt")
+    torch.save({"w": torch.ones(1), "f": Engine}, code)  # pickled code is never loaded
+    with pytest.raises(InputError, match=r"code\.pt' cannot be read"):
+        check_checkpoint(code)
+    with pytest.raises(InputError, match=r"does not fit .* of other shape .*'classifier.weight' is \[3, 4, 1, 1\]"):
+        check_checkpoint(good, _net(features=4, classes=5))
+    plain = str(tmp_path / "plain.pt")
+    torch.save(get_network("unet", "none", 2, 1, 3, features=4).state_dict(), plain)
+    with pytest.raises(InputError, match=r"plain.pt' does not fit .*: \d+ weights missing \(e.g. '.*se"):
+        check_checkpoint(plain, _net())
+    latest = str(tmp_path / "latest.pt")
+    torch.save({"model": _net().state_dict(), "trainer": {"epoch": 1}}, latest)
+    assert check_checkpoint(latest, _net(), key="model") == latest
+
+
+_HOLD = """
+import sys, time
+sys.path.insert(0, {root!r})
+from scripts.checkpoint import claim_checkpoint_dir
+claim_checkpoint_dir({folder!r})
+print("claimed", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_training_into_the_same_folder_is_refused_until_the_first_ends(tmp_path):
+    folder = str(tmp_path / "models")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD.format(root=ROOT, folder=folder)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        with pytest.raises(InputError, match=rf"in use by another training \(pid {holder.pid} since"):
+            claim_checkpoint_dir(folder)
+    finally:
+        holder.kill()  # kill -9: the operating system releases the lock
+        holder.wait()
+    assert claim_checkpoint_dir(folder) == folder
+
+
+def test_a_new_training_keeps_the_earlier_ones_files(tmp_path, caplog):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    torch.save({"w": torch.ones(1)}, folder / BEST_FILE)
+    (folder / ".partial-abc.pt").write_bytes(b"left by a kill")
+    claim_checkpoint_dir(str(folder))
+    (kept,) = (folder / "previous").iterdir()
+    assert torch.equal(torch.load(kept / BEST_FILE, weights_only=True)["w"], torch.ones(1))
+    assert (folder / BEST_FILE).is_file()  # still usable until the new training writes its first best
+    assert not (folder / ".partial-abc.pt").exists()
+    assert "kept in" in caplog.text
+    atomic_torch_save({"w": torch.zeros(1)}, str(folder / BEST_FILE))  # the new training's first best
+    assert torch.equal(torch.load(kept / BEST_FILE, weights_only=True)["w"], torch.ones(1))
+
+
+def test_resume_needs_a_checkpoint_with_epochs_left(tmp_path):
+    folder = str(tmp_path)
+    with pytest.raises(InputError, match=f"--resume true but '{folder}/{LATEST_FILE}' does not exist"):
+        claim_checkpoint_dir(folder, resume=True)
+    torch.save({"model": _net().state_dict(), "trainer": {"epoch": 4, "max_epochs": 4}}, tmp_path / LATEST_FILE)
+    with pytest.raises(InputError, match="already ran 4 of --epochs 4; give a larger --epochs"):
+        claim_checkpoint_dir(folder, resume=True, network=_net(), max_epochs=4)
+    with pytest.raises(InputError, match="does not fit"):
+        claim_checkpoint_dir(folder, resume=True, network=_net(features=8), max_epochs=8)
+    before = time.time()
+    assert claim_checkpoint_dir(folder, resume=True, network=_net(), max_epochs=8) == folder
+    assert not (tmp_path / "previous").exists() and os.path.getmtime(tmp_path / LATEST_FILE) <= before
