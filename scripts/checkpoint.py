@@ -54,6 +54,7 @@ __all__ = [
     "check_checkpoint",
     "claim_checkpoint_dir",
     "load_checkpoint",
+    "release_checkpoint_dir",
 ]
 
 BEST_FILE = "model.pt"
@@ -336,6 +337,20 @@ def _take_lock(ckpt_dir: str) -> None:
     os.ftruncate(descriptor, 0)
     os.write(descriptor, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     _HELD_LOCKS[real] = descriptor
+
+
+def release_checkpoint_dir(ckpt_dir: str) -> bool:
+    """Release the lock :func:`claim_checkpoint_dir` took, when the training ends in a process that goes on (MONAI
+    Label trains in its server's process); a process that ends releases it anyway.
+
+    Returns:
+        whether a lock was released.
+    """
+    descriptor = _HELD_LOCKS.pop(os.path.realpath(ckpt_dir), None)
+    if descriptor is None:
+        return False
+    os.close(descriptor)  # closing the file releases its flock
+    return True
 
 
 def _keep_previous(ckpt_dir: str) -> str | None:

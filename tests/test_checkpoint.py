@@ -18,6 +18,7 @@ from scripts.checkpoint import (
     atomic_torch_save,
     check_checkpoint,
     claim_checkpoint_dir,
+    release_checkpoint_dir,
 )
 from scripts.errors import InputError
 from scripts.networks import get_network
@@ -155,3 +156,18 @@ def test_resume_needs_a_checkpoint_with_epochs_left(tmp_path):
     before = time.time()
     assert claim_checkpoint_dir(folder, resume=True, network=_net(), max_epochs=8) == folder
     assert not (tmp_path / "previous").exists() and os.path.getmtime(tmp_path / LATEST_FILE) <= before
+
+
+def test_a_training_in_a_process_that_goes_on_releases_its_folder(tmp_path):
+    """MONAI Label trains in its server's process: once a training ends, another process may train there."""
+    folder = str(tmp_path / "models")
+    claim_checkpoint_dir(folder)
+    assert claim_checkpoint_dir(folder) == folder  # the same process may train again
+    assert release_checkpoint_dir(folder) and not release_checkpoint_dir(folder)
+    other = subprocess.run(
+        [sys.executable, "-c", _HOLD.format(root=ROOT, folder=folder).replace("time.sleep(60)", "")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.returncode == 0 and "claimed" in other.stdout, other.stderr[-2000:]
