@@ -36,7 +36,7 @@ from monai.handlers import CheckpointLoader, EarlyStopHandler
 from monai.utils import set_determinism
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, as_bool
 
 try:  # POSIX advisory locks; elsewhere the folder is not locked
     import fcntl
@@ -224,7 +224,7 @@ class LatestCheckpoint:
         map_location: str | torch.device = "cpu",
     ) -> None:
         self.save_dir, self.objects, self.seed, self.dataset = save_dir, dict(objects), int(seed), dataset
-        self.interval, self.resume, self.map_location = int(interval), bool(resume), map_location
+        self.interval, self.resume, self.map_location = int(interval), as_bool(resume, "resume"), map_location
         self.path = os.path.join(save_dir, LATEST_FILE)
 
     def _seed_epoch(self, engine: Engine) -> None:
@@ -396,6 +396,7 @@ def claim_checkpoint_dir(
         ``ckpt_dir``.
     """
     latest = os.path.join(ckpt_dir, LATEST_FILE)
+    resume = as_bool(resume, "resume")
     if resume:
         if not os.path.isfile(latest):
             raise InputError(

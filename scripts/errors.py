@@ -18,7 +18,7 @@ import re
 import sys
 from types import TracebackType
 
-__all__ = ["InputError", "check_options", "find_refusal", "one_line_errors", "refusal_message"]
+__all__ = ["InputError", "as_bool", "check_options", "find_refusal", "one_line_errors", "refusal_message"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -104,7 +104,7 @@ def one_line_errors(debug: bool = False) -> bool:
     Returns:
         whether the one-line hook is installed.
     """
-    if debug:
+    if as_bool(debug, "debug"):
         sys.excepthook = sys.__excepthook__
         return False
     previous = sys.__excepthook__
@@ -139,3 +139,27 @@ def check_options(positive: dict | None = None, non_negative: dict | None = None
             expected = "a number > 0" if bound == 0 else "a number >= 0"
             raise InputError(f"--{name} {value!r} is out of range; expected {expected}")
     return True
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def as_bool(value: object, name: str = "option") -> bool:
+    """A command-line switch as a bool: the runner (fire) passes ``--resume false`` as the string ``'false'``,
+    which Python would take as true.
+
+    Args:
+        value: a bool, or one of true/false, yes/no, on/off, 1/0 (any case).
+        name: the option, for the message.
+
+    Raises:
+        InputError: for anything else, naming the option.
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InputError(f"--{name} {value!r} is not a switch; expected true or false")

@@ -1,0 +1,42 @@
+"""One-line refusals: which errors are the bundle's own, option checks, and switches given on the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scripts.errors import InputError, as_bool, check_options, find_refusal, refusal_message
+
+
+def test_switches_read_as_the_command_line_gives_them():
+    # the runner (fire) passes --resume false as the string 'false', which Python takes as true
+    assert [as_bool(v) for v in (True, "true", "True", "yes", "1", 1)] == [True] * 6
+    assert [as_bool(v) for v in (False, "false", "FALSE", "no", "off", "0", 0)] == [False] * 7
+    with pytest.raises(InputError, match=r"^--resume 'maybe' is not a switch; expected true or false$"):
+        as_bool("maybe", "resume")
+
+
+def test_option_ranges():
+    assert check_options(positive={"epochs": 3, "learning_rate": 0.01}, non_negative={"momentum": 0})
+    for options, message in (
+        ({"positive": {"epochs": 0}}, "^--epochs 0 is out of range; expected a number > 0$"),
+        ({"positive": {"learning_rate": float("nan")}}, "--learning_rate nan is out of range"),
+        ({"positive": {"batch_size": "4"}}, "--batch_size '4' is out of range"),
+        ({"non_negative": {"weight_decay": -1e-4}}, "expected a number >= 0"),
+    ):
+        with pytest.raises(InputError, match=message):
+            check_options(**options)
+
+
+def test_refusals_are_found_inside_the_wrappers_and_bugs_are_not():
+    try:
+        try:
+            check_options(positive={"epochs": 0})
+        except InputError as e:
+            raise RuntimeError("Failed to instantiate component") from e
+    except RuntimeError as wrapped:
+        assert refusal_message(find_refusal(wrapped)) == "--epochs 0 is out of range; expected a number > 0"
+    try:
+        np.zeros(3).reshape(2)  # a ValueError raised by numpy: not a refusal, keeps its traceback
+    except ValueError as e:
+        assert find_refusal(e) is None

@@ -1,0 +1,109 @@
+"""Fast inference paths give the labels of the plain float32 path: precision, channels-last, crop to the head."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from scripts import inference
+from scripts.data.synthetic import generate_dataset
+from scripts.inference import FastInference, resolve_precision
+from scripts.networks import get_network
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "configs", "train.yaml")
+INFERENCE = os.path.join(ROOT, "configs", "inference.yaml")
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(inference, "native_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"  # emulated bf16 is slower than fp32
+    monkeypatch.setattr(inference, "native_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("auto", "cuda:0") == "fp16"
+    assert resolve_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(ValueError, match="--precision 'half' is not one of auto, fp32, bf16, fp16"):
+        resolve_precision("half", "cpu")
+
+
+@pytest.mark.parametrize("arch", ["unet", "sdnet", "densenet"])
+def test_fast_paths_match_the_plain_network(arch):
+    torch.manual_seed(0)
+    net = get_network(arch, "scse", 2, 1, 5, features=8).eval()
+    x = torch.rand(2, 1, 48, 40)
+    with torch.no_grad():
+        plain = net(x)
+        fast = FastInference(net, precision="fp32", channels_last=True)(x)
+        assert fast.dtype == torch.float32 and torch.allclose(fast, plain, atol=1e-4)
+        half = FastInference(net, precision="bf16", channels_last=True)(x)
+    assert half.dtype == torch.float32 and half.shape == plain.shape
+    assert (half.argmax(1) == plain.argmax(1)).float().mean() > 0.95
+
+
+def test_fast_inference_keeps_3d_networks_as_they_are():
+    net = get_network("unet", "sse", 3, 1, 3, features=4).eval()
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(FastInference(net, precision="fp32")(x), net(x))
+
+
+def _run(*args: str, cwd: str) -> None:
+    cmd = [sys.executable, "-m", "monai.bundle", *args, "--bundle_root", ROOT]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_cropped_fast_inference_gives_the_plain_labels_on_the_input_grid(tmp_path):
+    data = str(tmp_path / "data")
+    generate_dataset(data, num_subjects=4, shape=(40, 36, 32), seed=5, num_validation=1, num_test=1)
+    io = ["--dataset_dir", data, "--default_dataset_dir", str(tmp_path / "unused"), "--features", "8"]
+    _run("run", "training", "--config_file", TRAIN, *io, "--epochs", "3", "--slices_per_volume", "8", "--output_dir",
+         str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), cwd=str(tmp_path))  # fmt: skip
+    # a scan with empty air around the head, as real scans have: the crop leaves out the padding
+    source = nib.load(glob.glob(os.path.join(data, "imagesTr", "*.nii.gz"))[0])
+    padded = np.pad(np.asarray(source.dataobj, dtype=np.float32), 12)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(nib.Nifti1Image(padded, source.affine), str(scans / "head.nii.gz"))
+    common = ["--dataset_dir", str(scans), "--checkpoint", str(tmp_path / "models" / "model.pt"), "--features", "8"]
+    plain_path = ["--precision", "fp32", "--channels_last", "false", "--crop_foreground", "false"]
+    _run("run", "inference", "--config_file", INFERENCE, *common, "--output_dir", str(tmp_path / "plain"),
+         *plain_path, cwd=str(tmp_path))  # fmt: skip
+    _run("run", "inference", "--config_file", INFERENCE, *common, "--output_dir", str(tmp_path / "fast"),
+         "--precision", "fp32", cwd=str(tmp_path))  # fmt: skip
+    plain, fast = (nib.load(str(tmp_path / k / "head_seg.nii.gz")) for k in ("plain", "fast"))
+    assert fast.shape == plain.shape == padded.shape and np.allclose(fast.affine, source.affine)
+    a, b = np.asarray(plain.dataobj), np.asarray(fast.dataobj)
+    assert len(np.unique(a)) > 2  # a real segmentation, not background everywhere
+    # where the head is (the crop's foreground, scaled as load_transforms scales it), the labels are the plain ones;
+    # outside the crop the fast path says background, wherever a barely trained network might see structures in air
+    low, high = np.percentile(padded, [0.5, 99.5])
+    head = (padded - low) / (high - low) > 0.05
+    assert (a[head] == b[head]).mean() > 0.98
+
+
+def test_volume_benchmark_prints_every_setting(tmp_path):
+    data = str(tmp_path / "data")
+    generate_dataset(data, num_subjects=4, shape=(32, 32, 32), seed=5, num_validation=1, num_test=1)
+    _run("run", "training", "--config_file", TRAIN, "--dataset_dir", data, "--default_dataset_dir",
+         str(tmp_path / "unused"), "--features", "4", "--epochs", "1", "--slices_per_volume", "2", "--output_dir",
+         str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), cwd=str(tmp_path))  # fmt: skip
+    image = glob.glob(os.path.join(data, "imagesTr", "*.nii.gz"))[0]
+    cmd = [sys.executable, "-m", "scripts.benchmark", "volume", "--image", image, "--checkpoint",
+           str(tmp_path / "models" / "model.pt"), "--", "--features", "4"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("CPU: ") and "matmul peak" in lines[1]
+    rows = [line for line in lines if line.startswith(("plain fp32", "default (", "auto precision"))]
+    assert len(rows) == 4
+    plain = rows[0].split()
+    assert plain[-2:] == ["1.0000", "1.0000"]  # the reference against itself
