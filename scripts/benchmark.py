@@ -1,6 +1,7 @@
 """Whole-volume inference, end to end, with the plain float32 path and the fast paths of ``configs/inference.yaml``.
 
-    python -m scripts.benchmark volume --image scan.nii.gz --checkpoint models/model.pt [--config ...] [-- overrides]
+    python -m scripts.benchmark volume --image scan.nii.gz --checkpoint models/model.pt [--onnx models/model.onnx]
+        [--config ...] [-- overrides]
 
 Each setting runs ``python -m monai.bundle run inference`` in its own process (read, preprocess, segment, invert,
 write: what a user waits for), alone, ``--repeats`` times; the median wall time and the peak resident memory are
@@ -116,7 +117,15 @@ def volume(args: argparse.Namespace) -> None:
         os.makedirs(scan_dir)
         name = os.path.basename(args.image)
         os.symlink(os.path.abspath(args.image), os.path.join(scan_dir, name))
-        for index, (setting, overrides) in enumerate(SETTINGS.items()):
+        settings = dict(SETTINGS)
+        if args.onnx:
+            settings["onnxruntime (fp32 + crop)"] = [
+                "--backend",
+                "onnxruntime",
+                "--onnx_file",
+                os.path.abspath(args.onnx),
+            ]
+        for index, (setting, overrides) in enumerate(settings.items()):
             out = os.path.join(scratch, f"out{index}")
             extra = [*overrides, *args.overrides]
             command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(configs),
@@ -161,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     vol.add_argument("--image", required=True, help="a NIfTI volume")
     vol.add_argument("--checkpoint", required=True, help="model.pt of the network the configs declare")
     vol.add_argument("--config", action="append", default=[], help="configs merged over inference.yaml")
+    vol.add_argument("--onnx", help="the network's ONNX export, to time ONNX Runtime too (configs/onnx_export.yaml)")
     vol.add_argument("--repeats", type=int, default=1, help="runs per setting (median wall time)")
     vol.add_argument("overrides", nargs="*", help="bundle overrides after --, e.g. -- --features 32")
     args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
-"""Fast inference paths: reduced precision where the hardware computes it natively, channels-last memory.
+"""Inference backends and fast paths: reduced precision where the hardware computes it natively, channels-last
+memory, or the network's ONNX export run by ONNX Runtime.
 
 Whole-volume inference of the paper's U-Net (64 filters, 5x5) costs about 72 GFLOP per 256x256 slice. Two levers
 change that cost on the same hardware without changing the network:
@@ -8,23 +9,37 @@ change that cost on the same hardware without changing the network:
 - memory format: channels-last activations, which oneDNN's convolutions prefer.
 
 :class:`FastInference` wraps a network for the evaluator and returns float32 logits; it shares the network's
-parameters, so a checkpoint loaded into the network (MONAI's ``CheckpointLoader``) is what it runs. The third lever,
-computing only where the head is, is declared in ``configs/inference.yaml`` (``CropForegroundd``, inverted by
-``Invertd``).
+parameters, so a checkpoint loaded into the network (MONAI's ``CheckpointLoader``) is what it runs.
+:class:`OnnxRuntimeNetwork` runs an ONNX export (``python -m monai.bundle onnx_export --args_file
+configs/onnx_export.yaml``) with ONNX Runtime instead. The third lever, computing only where the head is, is declared
+in ``configs/inference.yaml`` (``CropForegroundd``, inverted by ``Invertd``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
+import numpy as np
 import torch
 from torch import nn
 
-from .errors import as_bool
+from .checkpoint import check_checkpoint
+from .errors import InputError, as_bool
 
-__all__ = ["PRECISIONS", "FastInference", "native_bf16", "resolve_precision"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "FastInference",
+    "OnnxRuntimeNetwork",
+    "check_model",
+    "inference_network",
+    "native_bf16",
+    "resolve_precision",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("torch", "onnxruntime")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 logger = logging.getLogger(__name__)
 
@@ -91,3 +106,74 @@ class FastInference(nn.Module):
             return self.network(x)
         with torch.autocast(self.device_type, dtype=_DTYPES[self.precision]):
             return self.network(x).float()
+
+
+class OnnxRuntimeNetwork(nn.Module):
+    """An ONNX export of the network run by ONNX Runtime, called like the network (``(N, C, H, W)`` float32 in,
+    logits out, on the input's device).
+
+    Args:
+        path: the ``.onnx`` file (exported with dynamic batch and spatial axes).
+        device: ``cuda`` uses ONNX Runtime's CUDA provider when it is installed; the CPU provider otherwise.
+    """
+
+    def __init__(self, path: str, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError as e:
+            raise InputError("--backend onnxruntime needs ONNX Runtime: pip install onnxruntime") from e
+        if not os.path.isfile(path):
+            raise InputError(
+                f"--onnx_file '{path}' does not exist: export it first (python -m monai.bundle onnx_export "
+                "--args_file configs/onnx_export.yaml)"
+            )
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = onnxruntime.InferenceSession(path, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+            raise InputError(
+                f"--onnx_file '{path}' cannot be loaded by ONNX Runtime: {str(e).splitlines()[0][:200]}"
+            ) from e
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = {self.input_name: x.detach().cpu().numpy().astype(np.float32, copy=False)}
+        return torch.from_numpy(self.session.run(None, inputs)[0]).to(x.device)
+
+
+def inference_network(
+    backend: str,
+    network: nn.Module,
+    onnx_file: str,
+    precision: str = "fp32",
+    channels_last: bool = True,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """The module the evaluator runs: the network through :class:`FastInference`, or its ONNX export.
+
+    Raises:
+        InputError: for an unknown backend.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        return OnnxRuntimeNetwork(onnx_file, device)
+    return FastInference(network, precision, channels_last, device)
+
+
+def check_model(backend: str, checkpoint: str, onnx_file: str, network: nn.Module) -> str:
+    """Refuse before any volume is read what the backend cannot run: a checkpoint that is missing, unreadable or of
+    another network (torch), or an ONNX file that is missing or unreadable (onnxruntime).
+
+    Returns:
+        the file the backend runs.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        OnnxRuntimeNetwork(onnx_file)
+        return onnx_file
+    return check_checkpoint(checkpoint, network)

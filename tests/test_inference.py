@@ -97,13 +97,17 @@ def test_volume_benchmark_prints_every_setting(tmp_path):
          str(tmp_path / "unused"), "--features", "4", "--epochs", "1", "--slices_per_volume", "2", "--output_dir",
          str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), cwd=str(tmp_path))  # fmt: skip
     image = glob.glob(os.path.join(data, "imagesTr", "*.nii.gz"))[0]
+    onnx = str(tmp_path / "model.onnx")
+    export = [sys.executable, "-m", "monai.bundle", "onnx_export", "--args_file", "configs/onnx_export.yaml",
+              "--ckpt_file", str(tmp_path / "models" / "model.pt"), "--filepath", onnx, "--features", "4"]  # fmt: skip
+    assert subprocess.run(export, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
     cmd = [sys.executable, "-m", "scripts.benchmark", "volume", "--image", image, "--checkpoint",
-           str(tmp_path / "models" / "model.pt"), "--", "--features", "4"]  # fmt: skip
+           str(tmp_path / "models" / "model.pt"), "--onnx", onnx, "--", "--features", "4"]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("CPU: ") and "matmul peak" in lines[1]
-    rows = [line for line in lines if line.startswith(("plain fp32", "default (", "auto precision"))]
-    assert len(rows) == 4
+    rows = [line for line in lines if line.startswith(("plain fp32", "default (", "auto precision", "onnxruntime"))]
+    assert len(rows) == 5
     plain = rows[0].split()
     assert plain[-2:] == ["1.0000", "1.0000"]  # the reference against itself
