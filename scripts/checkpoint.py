@@ -23,7 +23,6 @@ import logging
 import os
 import pickle
 import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from .errors import InputError, as_bool
+from .outputs import atomic_write, remove_partial_files
 
 try:  # POSIX advisory locks; elsewhere the folder is not locked
     import fcntl
@@ -61,7 +61,6 @@ BEST_FILE = "model.pt"
 LATEST_FILE = "checkpoint_latest.pt"
 LOCK_FILE = ".training.lock"
 PREVIOUS_DIR = "previous"
-_TEMP_PREFIX = ".partial-"
 # locks this process holds, by folder, so that a second training in the same process (MONAI Label) reuses its own
 _HELD_LOCKS: dict[str, int] = {}
 logger = logging.getLogger(__name__)
@@ -130,23 +129,8 @@ class AtomicFileSaver(BaseSaveHandler):
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` to ``path`` through a temporary file and a rename, with the permissions of a new file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o666 & ~umask)  # mkstemp makes files only their owner can read
-        os.replace(staging, path)
-    except BaseException:
-        if os.path.exists(staging):
-            os.remove(staging)
-        raise
+    """``torch.save`` to ``path`` atomically (:func:`scripts.outputs.atomic_write`)."""
+    atomic_write(path, lambda staging: torch.save(obj, staging))
 
 
 class BestCheckpoint:
@@ -415,9 +399,7 @@ def claim_checkpoint_dir(
         return ckpt_dir
     os.makedirs(ckpt_dir, exist_ok=True)
     _take_lock(ckpt_dir)
-    for name in os.listdir(ckpt_dir):
-        if name.startswith(_TEMP_PREFIX):
-            os.remove(os.path.join(ckpt_dir, name))
+    remove_partial_files(ckpt_dir)
     if not resume:
         kept = _keep_previous(ckpt_dir)
         if kept:

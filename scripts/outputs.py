@@ -14,31 +14,63 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 from monai.data import NibabelWriter
 
 from .errors import InputError
 
-__all__ = ["AtomicNibabelWriter", "prepare_output_dir", "publish"]
+__all__ = [
+    "TEMP_PREFIX",
+    "AtomicNibabelWriter",
+    "atomic_write",
+    "prepare_output_dir",
+    "publish",
+    "remove_partial_files",
+]
 
-_TEMP_PREFIX = ".partial-"
+# temporary files of atomic writes start with this; a later run removes those a kill left behind
+TEMP_PREFIX = ".partial-"
 logger = logging.getLogger(__name__)
+
+
+def atomic_write(path: str, write: Callable[[str], object]) -> None:
+    """Write ``path`` through ``write(staging_path)`` into a temporary file beside it (same suffix, so format
+    detection by name works), flushed to disk and renamed over ``path`` with the permissions of a new file.
+
+    A kill or a full disk at any moment leaves the old file or the new one, never a truncated one; a failed write
+    leaves no temporary file.
+    """
+    folder, name = os.path.split(os.path.abspath(str(path)))
+    os.makedirs(folder, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=f"-{name}", dir=folder)
+    os.close(descriptor)
+    try:
+        write(staging)
+        with open(staging, "rb+") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o666 & ~umask)  # mkstemp makes files only their owner can read
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.exists(staging):
+            os.remove(staging)
+        raise
+
+
+def remove_partial_files(folder: str) -> None:
+    """Remove the temporary files of atomic writes that a killed run left in ``folder``."""
+    for name in os.listdir(folder):
+        if name.startswith(TEMP_PREFIX):
+            os.remove(os.path.join(folder, name))
 
 
 class AtomicNibabelWriter(NibabelWriter):
     """MONAI's ``NibabelWriter`` that writes to a temporary file beside the target and renames it into place."""
 
     def write(self, filename, verbose: bool = False, **obj_kwargs) -> None:
-        folder, name = os.path.split(os.path.abspath(str(filename)))
-        os.makedirs(folder, exist_ok=True)
-        staging = os.path.join(folder, f"{_TEMP_PREFIX}{os.getpid()}-{name}")  # same suffix: nibabel picks the format
-        try:
-            super().write(staging, verbose=verbose, **obj_kwargs)
-            os.replace(staging, filename)
-        except BaseException:
-            if os.path.exists(staging):
-                os.remove(staging)
-            raise
+        atomic_write(filename, lambda staging: super(AtomicNibabelWriter, self).write(staging, verbose, **obj_kwargs))
 
 
 def prepare_output_dir(path: str, option: str = "output_dir", fresh: bool = False) -> str:
@@ -61,9 +93,7 @@ def prepare_output_dir(path: str, option: str = "output_dir", fresh: bool = Fals
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
-        for name in os.listdir(path):
-            if name.startswith(_TEMP_PREFIX):
-                os.remove(os.path.join(path, name))
+        remove_partial_files(path)
     except OSError as e:
         raise InputError(f"--{option} '{path}' cannot be written: {e.strerror or e}; expected a writable folder") from e
     return path

@@ -36,7 +36,7 @@ def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch
     real_save = torch.save
 
     def failing_save(obj, f, *args, **kwargs):
-        f.write(b"half a checkpoint")
+        open(f, "wb").write(b"half a checkpoint")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)

@@ -29,6 +29,7 @@ from monai.data import load_decathlon_datalist
 from nibabel.filebasedimages import ImageFileError
 
 from ..errors import InputError
+from ..outputs import atomic_write
 from .synthetic import ensure_default_dataset
 
 __all__ = ["UsableVolumes", "check_volumes", "list_volumes", "load_split", "resolve_datalist"]
@@ -83,17 +84,12 @@ def _read_json(path: str) -> dict:
 
 def _write_json(data: dict, path: str) -> None:
     """Write JSON atomically, so concurrent ranks never read half a file."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(prefix=".datalist-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(descriptor, "w") as f:
+
+    def dump(staging: str) -> None:
+        with open(staging, "w") as f:
             json.dump(data, f, indent=2)
-        os.replace(staging, path)
-    except BaseException:
-        if os.path.exists(staging):
-            os.remove(staging)
-        raise
+
+    atomic_write(path, dump)
 
 
 def _split_counts(
