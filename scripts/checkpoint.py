@@ -193,6 +193,8 @@ class LatestCheckpoint:
         seed: the run's seed.
         dataset: the training dataset, whose transform's random state is reseeded every epoch (``None``: none).
         interval: epochs between saves.
+        snapshot_interval: every this many epochs, the network is also kept as ``save_dir/snapshots/
+            model_epoch<N>.pt`` (weights only, for a curve of a long training; 0: never).
         resume: load ``checkpoint_latest.pt`` when the trainer starts.
         map_location: where loaded tensors go first.
     """
@@ -206,8 +208,10 @@ class LatestCheckpoint:
         interval: int = 1,
         resume: bool = False,
         map_location: str | torch.device = "cpu",
+        snapshot_interval: int = 0,
     ) -> None:
         self.save_dir, self.objects, self.seed, self.dataset = save_dir, dict(objects), int(seed), dataset
+        self.snapshot_interval = int(snapshot_interval)
         self.interval, self.resume, self.map_location = int(interval), as_bool(resume, "resume"), map_location
         self.path = os.path.join(save_dir, LATEST_FILE)
 
@@ -234,6 +238,14 @@ class LatestCheckpoint:
             n_saved=1,
         )
         trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval) | Events.COMPLETED, saver)
+        if self.snapshot_interval > 0 and "model" in self.objects:
+            trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.snapshot_interval), self._snapshot)
+
+    def _snapshot(self, engine: Engine) -> None:
+        if _rank() == 0:
+            path = os.path.join(self.save_dir, "snapshots", f"model_epoch{engine.state.epoch:04d}.pt")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_torch_save(CPUStateDict(self.objects["model"]).state_dict(), path)
 
 
 def load_checkpoint(path: str) -> Mapping:

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 import torch
+from monai.inferers import SimpleInferer
 from torch import nn
 
 from .checkpoint import check_checkpoint
@@ -30,6 +31,7 @@ from .errors import InputError, as_bool
 __all__ = [
     "BACKENDS",
     "PRECISIONS",
+    "AutocastInferer",
     "FastInference",
     "OnnxRuntimeNetwork",
     "check_model",
@@ -106,6 +108,29 @@ class FastInference(nn.Module):
             return self.network(x)
         with torch.autocast(self.device_type, dtype=_DTYPES[self.precision]):
             return self.network(x).float()
+
+
+class AutocastInferer(SimpleInferer):
+    """MONAI's ``SimpleInferer`` with the forward pass under autocast: the training's reduced precision (the backward
+    pass follows the forward's dtypes; weights, gradients and optimiser stay float32). Returns float32 logits.
+
+    Args:
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`resolve_precision`).
+        device: where the network runs.
+    """
+
+    def __init__(self, precision: str = "fp32", device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.precision = resolve_precision(precision, device)
+        self.device_type = torch.device(device).type
+        if self.precision != "fp32":
+            logger.info(f"training forward pass in {self.precision} autocast on {self.device_type}")
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        if self.precision == "fp32":
+            return super().__call__(inputs, network, *args, **kwargs)
+        with torch.autocast(self.device_type, dtype=_DTYPES[self.precision]):
+            return super().__call__(inputs, network, *args, **kwargs).float()
 
 
 class OnnxRuntimeNetwork(nn.Module):
