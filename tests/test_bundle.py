@@ -207,7 +207,7 @@ def test_configs_agree_with_each_other_and_the_metadata():
     train, inference = _load(TRAIN), _load(INFERENCE)
     for key in ("label_names", "network_def", "load_transforms", "axcodes", "slice_axis", "arch", "se", "features"):
         assert train[key] == inference[key], key
-    assert train["validate"]["inferer"] == inference["inferer"]
+    assert train["validate"]["inferer"] == inference["slice_inferer"]
     meta = json.load(open(os.path.join(CONFIGS, "metadata.json")))
     assert meta["version"] in meta["changelog"]
     channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]

@@ -171,3 +171,25 @@ def test_a_training_in_a_process_that_goes_on_releases_its_folder(tmp_path):
         timeout=120,
     )
     assert other.returncode == 0 and "claimed" in other.stdout, other.stderr[-2000:]
+
+
+def test_an_iteration_schedule_with_snapshots_and_reduced_precision(tmp_path):
+    from scripts.data.synthetic import generate_dataset
+
+    data = str(tmp_path / "data")
+    generate_dataset(data, num_subjects=4, shape=(24, 24, 24), seed=2, num_validation=1, num_test=1)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
+           "--dataset_dir", data, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out"),
+           "--features", "4", "--epochs", "2", "--iterations_per_epoch", "3", "--snapshot_interval", "1",
+           "--train_precision", "bf16"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training forward pass in bf16 autocast" in result.stderr + result.stdout
+    latest = torch.load(tmp_path / "models" / LATEST_FILE, weights_only=True)
+    assert latest["trainer"]["iteration"] == 6  # 2 epochs of 3 iterations, whatever the dataset's size
+    snapshots = sorted(os.listdir(tmp_path / "models" / "snapshots"))
+    assert snapshots == ["model_epoch0001.pt", "model_epoch0002.pt"]
+    last = torch.load(tmp_path / "models" / "snapshots" / snapshots[-1], weights_only=True)
+    assert all(torch.equal(last[k], v) for k, v in latest["model"].items())
+    assert all(v.dtype == torch.float32 for v in last.values() if v.is_floating_point())  # weights stay float32

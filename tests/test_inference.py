@@ -14,7 +14,7 @@ import torch
 
 from scripts import inference
 from scripts.data.synthetic import generate_dataset
-from scripts.inference import FastInference, resolve_precision
+from scripts.inference import AutocastInferer, FastInference, resolve_precision
 from scripts.networks import get_network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,3 +111,18 @@ def test_volume_benchmark_prints_every_setting(tmp_path):
     assert len(rows) == 5
     plain = rows[0].split()
     assert plain[-2:] == ["1.0000", "1.0000"]  # the reference against itself
+
+
+def test_autocast_inferer_runs_the_forward_pass_in_the_chosen_precision(monkeypatch):
+    net = get_network("unet", "scse", 2, 1, 3, features=4).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        plain = net(x)
+        assert torch.equal(AutocastInferer("fp32")(x, net), plain)
+        bf16 = AutocastInferer("bf16")(x, net)
+    assert bf16.dtype == torch.float32 and bf16.shape == plain.shape
+    assert (bf16.argmax(1) == plain.argmax(1)).float().mean() > 0.9
+    monkeypatch.setattr("scripts.inference.native_bf16", lambda: False)
+    assert AutocastInferer("auto", "cpu").precision == "fp32"  # emulated bf16 is slower than fp32
+    with pytest.raises(ValueError, match="precision"):
+        AutocastInferer("int8")

@@ -10,7 +10,7 @@ import torch
 from monai.data import CacheDataset, MetaTensor
 from monai.transforms import Compose
 
-from scripts.transforms import RandSynthesizeImaged, SynthesizeImaged, synthesize_image
+from scripts.transforms import RandFlipLeftRightd, RandSynthesizeImaged, SynthesizeImaged, synthesize_image
 
 MAPS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "brain_label_maps")
 AFFINE = torch.tensor([[-1.0, 0, 0, 10], [0, 0, 1, -20], [0, -1, 0, 30], [0, 0, 0, 1]])
@@ -210,3 +210,87 @@ def test_shared_map_coronal_slice():
     out = synthesize_image(label, np.random.default_rng(0), {2: [100, 130], 3: [60, 90], 24: [10, 40]}, **CLEAN)
     wm, gm, csf = (out[label == v].mean() for v in (2, 3, 24))
     assert out.shape == (256, 256) and csf < gm < wm
+
+
+# --- domain randomisation (SynthSeg) ---------------------------------------------------------------------------------
+
+
+def test_options_off_draw_nothing_so_earlier_images_are_unchanged():
+    label = make_label((1, 48, 40))
+    base = synthesize_image(label, np.random.default_rng(3), **FULL)
+    off = {"tissue_means_prob": 1.0, "strip_prob": 0.0, "strip_labels": [7], "resolution_prob": 0.0, "gamma_std": 0.0}
+    assert np.array_equal(base, synthesize_image(label, np.random.default_rng(3), **FULL, **off))
+
+
+def test_random_contrast_ignores_the_prior():
+    label = make_label((64, 64))
+    means = {**MEANS, 0: [0.0, 1.0], 7: [200.0, 201.0]}
+    # tissue 3 is brighter than tissue 1 under the prior; with random contrast every order happens
+    brighter = []
+    for seed in range(40):
+        image = synthesize_image(
+            label, np.random.default_rng(seed), means, tissue_means_prob=0.0, random_mean_range=(0, 255)
+        )
+        brighter.append(image[label == 3].mean() > image[label == 1].mean())
+        assert image[label == 3].mean() <= 255 + 5
+    assert 5 < sum(brighter) < 35
+
+
+def test_skull_stripping_gives_the_stripped_labels_the_background_intensity():
+    label = make_label((64, 64))
+    means = {0: [0.0, 0.0], 1: [50.0, 50.0], 7: [200.0, 200.0], 2: [80, 80], 3: [90, 90]}
+    stripped = synthesize_image(label, np.random.default_rng(0), means, strip_labels=[7], strip_prob=1.0)
+    assert np.all(stripped[label == 7] == 0) and np.all(stripped[label == 1] == 50)
+
+
+def test_thick_slices_blur_one_axis_only():
+    stripes = np.zeros((64, 64), dtype=np.int32)
+    stripes[::2, :] = 1  # horizontal lines along axis 0, constant along axis 1
+    grid = stripes | np.tile(np.arange(64) % 2, (64, 1))[:, :]  # and vertical lines
+    means = {0: [0.0, 0.0], 1: [100.0, 100.0]}
+    sharp = synthesize_image(grid, np.random.default_rng(0), means)
+    thick = [synthesize_image(grid, np.random.default_rng(s), means, resolution_prob=1.0, thickness_range=(4, 4))
+             for s in range(8)]  # fmt: skip
+    for image in thick:
+        assert image.shape == grid.shape and np.isfinite(image).all()
+        # one axis keeps the sharp alternation, the other loses it
+        along = [np.abs(np.diff(image, axis=a)).mean() for a in (0, 1)]
+        sharp_along = [np.abs(np.diff(sharp, axis=a)).mean() for a in (0, 1)]
+        assert (
+            min(r / s for r, s in zip(along, sharp_along)) < 0.3
+            and max(r / s for r, s in zip(along, sharp_along)) > 0.9
+        )
+    with pytest.raises(ValueError, match="thickness_range"):
+        synthesize_image(grid, np.random.default_rng(0), means, thickness_range=(0.5, 2))
+
+
+def test_gamma_keeps_the_range_and_changes_contrast():
+    label = make_label((64, 64))
+    plain = synthesize_image(label, np.random.default_rng(1), MEANS)
+    gammas = [synthesize_image(label, np.random.default_rng(1), MEANS, gamma_std=0.5) for _ in range(1)]
+    assert np.isclose(gammas[0].max(), plain.max(), rtol=1e-4) and not np.allclose(gammas[0], plain)
+
+
+@pytest.mark.parametrize("prob", [-0.1, 1.5])
+def test_probabilities_are_checked(prob):
+    with pytest.raises(ValueError, match="strip_prob"):
+        RandSynthesizeImaged(strip_prob=prob)
+
+
+def test_left_right_flip_mirrors_and_swaps_the_labels():
+    label = torch.zeros((1, 8, 4), dtype=torch.int32)
+    label[0, 1, :] = 2  # a left structure near x = 1
+    label[0, 5, :] = 41  # its right twin at x = 5
+    label[0, 3, :] = 16  # a midline one
+    image = torch.arange(32, dtype=torch.float32).reshape(1, 8, 4)
+    flip = RandFlipLeftRightd(keys=["label", "image"], spatial_axis=0, pairs=[[2, 41]], prob=1.0)
+    out = flip({"label": MetaTensor(label), "image": image})
+    assert out["label"][0, 6, 0] == 41 and out["label"][0, 2, 0] == 2 and out["label"][0, 4, 0] == 16
+    assert torch.equal(out["image"], torch.flip(image, dims=(1,)))  # the image is mirrored, values unchanged
+    assert isinstance(out["label"], MetaTensor) and out["label"].dtype == torch.int32
+    assert (
+        RandFlipLeftRightd(keys="label", spatial_axis=None, pairs=[[2, 41]], prob=1.0)({"label": label})["label"]
+        is label
+    )  # no left-right axis: nothing flipped
+    with pytest.raises(ValueError, match="pairs"):
+        RandFlipLeftRightd(keys="label", spatial_axis=0, pairs=[[2, 41], [41, 3]])

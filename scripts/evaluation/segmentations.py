@@ -1,0 +1,137 @@
+"""Per-structure Dice of segmentations written by inference against reference label volumes, on the reference's own
+grid (the voxels a user's scan has, not the network's resampled grid).
+
+    python -m scripts.evaluation.segmentations --predictions outputs/inference --labels /data/aseg \\
+        --config_file "['configs/train.yaml','configs/data/brain27.yaml']" --out outputs/real_dice
+
+Every ``<name>_seg.nii.gz`` (or ``.nii``) of ``--predictions`` is paired with ``<name>.nii.gz`` of ``--labels``; the
+reference is mapped to the protocol's classes by the protocol's own ``remap_transforms`` (FreeSurfer values to the 27
+structures, for brain27), and both must share shape and affine. Dice per structure is MONAI's ``compute_dice``
+(a structure absent from the reference is NaN and left out of means); the reports are those of evaluation
+(``dice_per_volume.csv``, ``dice_summary.json``, :func:`scripts.evaluation.report.write_dice_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+from collections.abc import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.metrics import compute_dice
+from monai.transforms import Compose
+
+from ..errors import InputError
+from .report import write_dice_report
+
+__all__ = ["dice_per_structure", "main", "pair_files", "protocol"]
+
+SUFFIXES = (".nii.gz", ".nii")
+
+
+def _stem(name: str) -> str | None:
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def pair_files(predictions: str, labels: str, suffix: str = "_seg") -> list[tuple[str, str, str]]:
+    """``(name, prediction, label)`` for every prediction ``<name><suffix>.nii[.gz]`` with a label ``<name>.nii[.gz]``.
+
+    Raises:
+        InputError: a folder is missing, a prediction has no label, or nothing pairs.
+    """
+    for folder, what in ((predictions, "--predictions"), (labels, "--labels")):
+        if not os.path.isdir(folder):
+            raise InputError(f"{what} '{folder}' is not a folder")
+    label_files = {_stem(n): os.path.join(labels, n) for n in sorted(os.listdir(labels)) if _stem(n)}
+    pairs, unmatched = [], []
+    for name in sorted(os.listdir(predictions)):
+        stem = _stem(name)
+        if stem is None or not stem.endswith(suffix):
+            continue
+        base = stem[: len(stem) - len(suffix)] if suffix else stem
+        if base in label_files:
+            pairs.append((base, os.path.join(predictions, name), label_files[base]))
+        else:
+            unmatched.append(name)
+    if unmatched:
+        raise InputError(f"no reference label in '{labels}' for {', '.join(unmatched)} (expected <name>.nii.gz)")
+    if not pairs:
+        raise InputError(f"no segmentation '<name>{suffix}.nii.gz' in '{predictions}'")
+    return pairs
+
+
+def protocol(config_files: Sequence[str]) -> tuple[list[str], Compose]:
+    """The label protocol of ``config_files`` (merged in order): class names and the transform mapping a reference
+    label volume (channel first) to the protocol's class indices (identity where the protocol remaps nothing)."""
+    parser = ConfigParser()
+    parser.read_config(list(config_files))
+    names = list(parser.get_parsed_content("label_names"))
+    remap = parser.get_parsed_content("remap_transforms") if "remap_transforms" in parser else []
+    return names, Compose(remap)
+
+
+def dice_per_structure(prediction: np.ndarray, reference: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dice of every class 1..num_classes-1 (NaN where the reference lacks it), with MONAI's ``compute_dice``."""
+    pred, ref = torch.as_tensor(prediction), torch.as_tensor(reference)
+    dice = np.full(num_classes - 1, np.nan)
+    for c in range(1, num_classes):
+        p, r = (pred == c)[None, None].float(), (ref == c)[None, None].float()
+        dice[c - 1] = float(compute_dice(p, r, include_background=True, ignore_empty=True)[0, 0])
+    return dice
+
+
+def _load(path: str) -> nib.Nifti1Image:
+    try:
+        return nib.load(path)
+    except Exception as e:  # nibabel raises several types for unreadable files
+        raise InputError(f"'{path}' cannot be read as NIfTI: {str(e).splitlines()[0][:200]}") from e
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.evaluation.segmentations", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--predictions", required=True, help="folder of <name>_seg.nii.gz written by inference")
+    parser.add_argument("--labels", required=True, help="folder of reference <name>.nii.gz label volumes")
+    parser.add_argument(
+        "--config_file",
+        default="['configs/train.yaml','configs/data/brain27.yaml']",
+        help="the protocol's configs, as for monai.bundle (a list string or one file)",
+    )
+    parser.add_argument("--out", required=True, help="folder for dice_per_volume.csv and dice_summary.json")
+    parser.add_argument("--suffix", default="_seg", help="the predictions' name suffix")
+    args = parser.parse_args(argv)
+    configs = ast.literal_eval(args.config_file) if args.config_file.strip().startswith("[") else [args.config_file]
+    try:
+        pairs = pair_files(args.predictions, args.labels, args.suffix)
+        names, remap = protocol(configs)
+        rows = []
+        for name, pred_path, label_path in pairs:
+            pred_img, label_img = _load(pred_path), _load(label_path)
+            if pred_img.shape != label_img.shape or not np.allclose(pred_img.affine, label_img.affine, atol=1e-3):
+                raise InputError(
+                    f"'{pred_path}' has shape {pred_img.shape} and another affine than its reference '{label_path}' "
+                    f"{label_img.shape}: segment the reference's own image"
+                )
+            reference = remap({"label": np.asarray(label_img.dataobj)[None]})["label"][0]
+            dice = dice_per_structure(np.asarray(pred_img.dataobj), np.asarray(reference), len(names))
+            rows.append(dice)
+            print(f"{name}: mean Dice {np.nanmean(dice):.3f} over {int(np.sum(~np.isnan(dice)))} structures")
+    except InputError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    paths = write_dice_report(args.out, [name for name, _, _ in pairs], np.stack(rows), names[1:])
+    print(f"wrote {paths['csv']} and {paths['json']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Probabilities combined across views and carried to the input's grid: weights, sagittal pairs, chunked inversion."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.inferers import SliceInferer
+from monai.transforms import AsDiscreted, Compose, CropForegroundd, Invertd, Orientationd, Spacingd
+
+from scripts.aggregation import InvertProbabilitiesd, MultiViewInferer
+from scripts.errors import InputError
+from scripts.networks import get_network
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ball_labels(shape: tuple[int, ...]) -> np.ndarray:
+    """Nested balls of classes 1..3 inside a background of 0."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    return np.select([r < 4, r < 7, r < 10], [3, 2, 1], 0).astype(np.int64)
+
+
+@pytest.fixture
+def case():
+    shape = (30, 28, 26)
+    labels = _ball_labels(shape)
+    affine = torch.tensor([[-1.0, 0, 0, 5], [0, 0, 1.0, -3], [0, -1.0, 0, 7], [0, 0, 0, 1]])  # LIA-like
+    image = MetaTensor(torch.as_tensor(labels[None] * 0.3 + 0.1, dtype=torch.float32), affine=affine)
+    preprocessing = Compose(
+        [
+            Orientationd(keys="image", axcodes="RAS", labels=None),
+            Spacingd(keys="image", pixdim=(2.0, 2.0, 2.0), mode="bilinear"),
+            CropForegroundd(keys="image", source_key="image", select_fn=lambda x: x > 0.2, margin=1),
+        ]
+    )
+    data = preprocessing({"image": image})
+    # "network" probabilities on the preprocessed grid: a soft one-hot of the classes the coarse image shows
+    coarse = torch.round((data["image"].as_tensor() - 0.1) / 0.3).clamp(0, 3).long()[0]
+    probs = torch.nn.functional.one_hot(coarse, 4).permute(3, 0, 1, 2).float() * 0.7 + 0.075
+    return labels, image, preprocessing, data, probs
+
+
+def test_chunks_give_the_argmax_of_the_whole_inversion(case):
+    labels, image, preprocessing, data, probs = case
+    whole = Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False)(
+        {**data, "pred": MetaTensor(probs.clone())}
+    )["pred"]
+    expected = torch.as_tensor(whole).argmax(0, keepdim=True)
+    for chunk in (1, 3, 4):
+        out = InvertProbabilitiesd(keys="pred", transform=preprocessing, chunk_size=chunk)({**data, "pred": probs})
+        assert out["pred"].shape == (1, *labels.shape)
+        assert torch.equal(out["pred"].as_tensor(), expected)
+        assert np.allclose(out["pred"].affine, image.affine)
+
+
+def test_interpolated_probabilities_fit_the_fine_labels_better_than_nearest_labels(case):
+    labels, _, preprocessing, data, probs = case
+    soft = InvertProbabilitiesd(keys="pred", transform=preprocessing)({**data, "pred": probs})["pred"][0].numpy()
+    hard = Compose(
+        [
+            AsDiscreted(keys="pred", argmax=True),
+            Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=True),
+        ]
+    )({**data, "pred": MetaTensor(probs.clone())})["pred"][0].numpy()
+    assert (soft == labels).mean() > 0.9
+    assert (soft == labels).mean() >= (hard == labels).mean()
+    # outside the crop every class had probability 0: background
+    assert soft[0, 0, 0] == 0
+
+
+def test_chunk_size_is_checked(case):
+    _, _, preprocessing, _, _ = case
+    with pytest.raises(ValueError, match="chunk_size"):
+        InvertProbabilitiesd(keys="pred", transform=preprocessing, chunk_size=0)
+
+
+# --- several views ----------------------------------------------------------------------------------------------------
+
+
+def _saved_net(path, seed: int, classes: int = 5):
+    torch.manual_seed(seed)
+    net = get_network("unet", "scse", 2, 1, classes, features=4).eval()
+    torch.save(net.state_dict(), path)
+    return net
+
+
+def _single_view(net, x, axis):
+    with torch.no_grad():
+        return torch.softmax(SliceInferer(spatial_dim=axis, roi_size=(-1, -1), progress=False)(x, net), dim=1)
+
+
+def test_views_are_averaged_with_their_weights(tmp_path):
+    main, other = _saved_net(tmp_path / "a.pt", 0), _saved_net(tmp_path / "b.pt", 1)
+    x = torch.rand(1, 1, 16, 20, 24)
+    template = get_network("unet", "scse", 2, 1, 5, features=4)
+    with torch.no_grad():
+        only_main = MultiViewInferer(1, {2: str(tmp_path / "b.pt")}, template, weights={1: 1, 2: 0})(x, main)
+        equal = MultiViewInferer(1, {2: str(tmp_path / "b.pt")}, template)(x, main)
+    assert torch.allclose(only_main.exp(), _single_view(main, x, 1), atol=1e-5)
+    expected = (_single_view(main, x, 1) + _single_view(other, x, 2)) / 2
+    assert equal.shape == (1, 5, 16, 20, 24) and torch.allclose(equal.exp(), expected, atol=1e-5)
+
+
+def test_a_sagittal_view_leaves_the_side_to_the_other_views(tmp_path):
+    net = _saved_net(tmp_path / "a.pt", 0)
+    x = torch.rand(1, 1, 16, 20, 24)
+    with torch.no_grad():
+        out = MultiViewInferer(0, {}, net, left_right_pairs=[[1, 3]])(x, net).exp()
+    assert torch.allclose(out[:, 1], out[:, 3]) and not torch.allclose(out[:, 1], out[:, 2])
+    assert torch.allclose(out.sum(1), torch.ones(1, 16, 20, 24), atol=1e-5)
+
+
+def test_views_are_checked(tmp_path):
+    net = _saved_net(tmp_path / "a.pt", 0)
+    with pytest.raises(ValueError, match="view axis"):
+        MultiViewInferer(1, {1: str(tmp_path / "a.pt")}, net)
+    with pytest.raises(ValueError, match="view_weights"):
+        MultiViewInferer(1, {2: str(tmp_path / "a.pt")}, net, weights={1: 1.0})
+    with pytest.raises(InputError, match="does not exist"):
+        MultiViewInferer(1, {2: str(tmp_path / "missing.pt")}, net)
+    other = get_network("unet", "scse", 2, 1, 7, features=4)  # another number of classes
+    with pytest.raises(InputError, match="does not fit"):
+        MultiViewInferer(1, {2: str(tmp_path / "a.pt")}, other)
+
+
+def test_the_inference_config_runs_several_views(tmp_path):
+    image = (
+        np.random.default_rng(0).random((24, 20, 16)).astype(np.float32)
+        + np.pad(np.ones((12, 10, 8)), 6)[:24, :20, :16]
+    )
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(nib.Nifti1Image(image, affine), str(scans / "head.nii.gz"))
+    _saved_net(tmp_path / "axial.pt", 0, classes=28)
+    _saved_net(tmp_path / "sagittal.pt", 1, classes=28)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
+           "--dataset_dir", str(scans), "--checkpoint", str(tmp_path / "axial.pt"), "--features", "4",
+           "--views", f"{{0: '{tmp_path / 'sagittal.pt'}'}}", "--output_dir", str(tmp_path / "out"),
+           "--interpolate_probabilities", "true"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = nib.load(str(tmp_path / "out" / "head_seg.nii.gz"))
+    assert out.shape == image.shape and np.allclose(out.affine, affine)
