@@ -1,0 +1,65 @@
+"""Dice of written segmentations against reference labels on the reference's grid, with the protocol's remapping."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+
+from scripts.evaluation.segmentations import dice_per_structure, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BRAIN = "['configs/train.yaml','configs/data/brain27.yaml']"
+
+
+def _save(path, array, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(array), np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else affine), str(path))
+
+
+def test_dice_per_structure_with_monai():
+    ref = np.zeros((10, 10, 10), dtype=np.uint8)
+    ref[2:6, 2:6, 2:6] = 1
+    ref[6:8, 6:8, 6:8] = 2
+    pred = ref.copy()
+    pred[2:4, 2:6, 2:6] = 0  # half of structure 1 missed
+    dice = dice_per_structure(pred, ref, num_classes=4)
+    assert np.isclose(dice[0], 2 * 32 / (64 + 32)) and dice[1] == 1.0 and np.isnan(dice[2])  # class 3: absent
+
+
+def test_freesurfer_references_are_mapped_to_the_protocol(tmp_path, capsys):
+    preds, labels = tmp_path / "pred", tmp_path / "labels"
+    preds.mkdir(), labels.mkdir()
+    aseg = np.zeros((12, 12, 12), dtype=np.int16)
+    aseg[2:6, 2:10, 2:10] = 2  # left cerebral white matter -> class 1
+    aseg[6:10, 2:10, 2:10] = 1003  # a left cortical parcel -> class 2 (left cerebral cortex)
+    aseg[0, 0, 0] = 24  # CSF -> background
+    protocol_labels = np.zeros_like(aseg, dtype=np.uint8)
+    protocol_labels[2:6, 2:10, 2:10] = 1
+    protocol_labels[6:10, 2:10, 2:10] = 2
+    _save(labels / "sub1.nii.gz", aseg)
+    _save(preds / "sub1_seg.nii.gz", protocol_labels)
+    assert main(["--predictions", str(preds), "--labels", str(labels), "--config_file", BRAIN, "--out",
+                 str(tmp_path / "dice")]) == 0  # fmt: skip
+    summary = json.load(open(tmp_path / "dice" / "dice_summary.json"))
+    assert summary["overall"]["mean"] == 1.0 and summary["structures"]["left cerebral cortex"]["n"] == 1
+    assert summary["structures"]["right thalamus"]["n"] == 0  # absent from the reference: left out
+    assert "sub1: mean Dice 1.000 over 2 structures" in capsys.readouterr().out
+
+
+def test_mismatched_grids_and_missing_references_are_refused_in_one_line(tmp_path):
+    preds, labels = tmp_path / "pred", tmp_path / "labels"
+    preds.mkdir(), labels.mkdir()
+    _save(labels / "sub1.nii.gz", np.ones((8, 8, 8), dtype=np.uint8))
+    _save(preds / "sub1_seg.nii.gz", np.ones((8, 8, 8), dtype=np.uint8), np.diag([2.0, 2.0, 2.0, 1.0]))
+    cmd = [sys.executable, "-m", "scripts.evaluation.segmentations", "--predictions", str(preds), "--labels",
+           str(labels), "--out", str(tmp_path / "dice")]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("ERROR: ")
+    assert "another affine" in result.stderr and "Traceback" not in result.stderr
+    _save(preds / "sub2_seg.nii.gz", np.ones((8, 8, 8), dtype=np.uint8))
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "no reference label" in result.stderr and "sub2_seg.nii.gz" in result.stderr
