@@ -54,6 +54,7 @@ __all__ = [
     "check_checkpoint",
     "claim_checkpoint_dir",
     "load_checkpoint",
+    "load_initial_weights",
     "release_checkpoint_dir",
 ]
 
@@ -312,6 +313,30 @@ def check_checkpoint(path: str, network: nn.Module | None = None, key: str | Non
                 "--arch, --se, --features and the label protocol as they were in training"
             )
     return path
+
+
+def load_initial_weights(network: nn.Module, path: str | None = None) -> bool:
+    """Start a training from the weights in ``path`` (a ``model.pt`` of the same network) instead of random ones:
+    fine-tuning, or a second phase of a schedule with another learning rate. A resumed training overwrites them with
+    its checkpoint's.
+
+    Args:
+        network: the configured network (a DDP/DataParallel wrapper is unwrapped).
+        path: the weights file; ``None`` or empty: nothing loaded.
+
+    Returns:
+        whether weights were loaded.
+
+    Raises:
+        InputError: the file is missing, unreadable or of another network (one line, before any volume is read).
+    """
+    if not path:
+        return False
+    check_checkpoint(path, network)
+    bare = network.module if hasattr(network, "module") else network
+    bare.load_state_dict(load_checkpoint(path))
+    logger.info(f"training starts from the weights in '{path}'")
+    return True
 
 
 def _take_lock(ckpt_dir: str) -> None:

@@ -193,3 +193,27 @@ def test_an_iteration_schedule_with_snapshots_and_reduced_precision(tmp_path):
     last = torch.load(tmp_path / "models" / "snapshots" / snapshots[-1], weights_only=True)
     assert all(torch.equal(last[k], v) for k, v in latest["model"].items())
     assert all(v.dtype == torch.float32 for v in last.values() if v.is_floating_point())  # weights stay float32
+
+
+def test_a_training_can_start_from_given_weights(tmp_path):
+    from scripts.data.synthetic import generate_dataset
+
+    data = str(tmp_path / "data")
+    generate_dataset(data, num_subjects=4, shape=(24, 24, 24), seed=2, num_validation=1, num_test=1)
+    initial = _net(features=4, classes=28)
+    torch.save(initial.state_dict(), tmp_path / "start.pt")
+
+    def train(weights: str, *extra: str):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
+               "--dataset_dir", data, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out"),
+               "--epochs", "1", "--iterations_per_epoch", "1", "--initial_weights", weights, *extra]  # fmt: skip
+        return subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+
+    result = train(str(tmp_path / "start.pt"), "--features", "4", "--learning_rate", "1e-12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = torch.load(tmp_path / "models" / BEST_FILE, weights_only=True)
+    for key, value in initial.state_dict().items():
+        if key.endswith("weight") and value.dim() > 1:  # convolutions: unchanged by a step of lr 1e-12
+            assert torch.allclose(trained[key], value, atol=1e-6), key
+    result = train(str(tmp_path / "start.pt"), "--features", "8")
+    assert result.returncode != 0 and "does not fit the configured network" in result.stderr.strip().splitlines()[-1]
