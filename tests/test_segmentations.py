@@ -63,3 +63,20 @@ def test_mismatched_grids_and_missing_references_are_refused_in_one_line(tmp_pat
     _save(preds / "sub2_seg.nii.gz", np.ones((8, 8, 8), dtype=np.uint8))
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "no reference label" in result.stderr and "sub2_seg.nii.gz" in result.stderr
+
+
+def test_round_trip_gives_the_ceiling_of_a_coarser_model(tmp_path):
+    from scripts.evaluation.segmentations import round_trip
+
+    ref = np.zeros((24, 24, 24), dtype=np.int64)
+    ref[4:20, 4:20, 4:20] = 1
+    ref[10:13, 10:13, 10:13] = 2  # a structure smaller than the coarse voxels
+    assert np.array_equal(round_trip(ref, (1, 1, 1), 1.0, 3), ref)
+    coarse = dice_per_structure(round_trip(ref, (1, 1, 1), 4.0, 3), ref, 3)
+    assert 0.8 < coarse[0] < 1.0 and coarse[1] < coarse[0]
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    _save(labels / "sub1.nii.gz", ref.astype(np.uint8))
+    assert main(["--round_trip_mm", "1.0", "--labels", str(labels), "--config_file", "configs/train.yaml", "--out",
+                 str(tmp_path / "dice")]) == 0  # fmt: skip
+    assert json.load(open(tmp_path / "dice" / "dice_summary.json"))["overall"]["mean"] == 1.0

@@ -9,6 +9,10 @@ reference is mapped to the protocol's classes by the protocol's own ``remap_tran
 structures, for brain27), and both must share shape and affine. Dice per structure is MONAI's ``compute_dice``
 (a structure absent from the reference is NaN and left out of means); the reports are those of evaluation
 (``dice_per_volume.csv``, ``dice_summary.json``, :func:`scripts.evaluation.report.write_dice_report`).
+
+``--round_trip_mm X`` instead of ``--predictions`` scores each reference against itself carried to X mm voxels
+(nearest neighbour, as training labels are resampled) and back (one-hot probabilities interpolated linearly, then the
+argmax, as inference does): the best a perfect model working at X mm can reach on that scan.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from monai.transforms import Compose
 from ..errors import InputError
 from .report import write_dice_report
 
-__all__ = ["dice_per_structure", "main", "pair_files", "protocol"]
+__all__ = ["dice_per_structure", "main", "pair_files", "protocol", "round_trip"]
 
 SUFFIXES = (".nii.gz", ".nii")
 
@@ -88,6 +92,23 @@ def dice_per_structure(prediction: np.ndarray, reference: np.ndarray, num_classe
     return dice
 
 
+def round_trip(labels: np.ndarray, voxel_mm: Sequence[float], target_mm: float, num_classes: int) -> np.ndarray:
+    """``labels`` resampled to ``target_mm`` voxels by nearest neighbour, then back to their grid by linear
+    interpolation of each class's indicator and an argmax (one class at a time, keeping a running maximum)."""
+    ref = torch.as_tensor(np.asarray(labels, dtype=np.int64))[None, None].float()
+    coarse_shape = [max(1, round(n * v / target_mm)) for n, v in zip(labels.shape, voxel_mm)]
+    coarse = torch.nn.functional.interpolate(ref, size=coarse_shape, mode="nearest-exact")  # voxel centres
+    best = torch.full(labels.shape, -1.0)
+    out = torch.zeros(labels.shape, dtype=torch.int64)
+    for c in range(num_classes):
+        up = torch.nn.functional.interpolate(
+            (coarse == c).float(), size=labels.shape, mode="trilinear", align_corners=False
+        )[0, 0]
+        better = up > best
+        best, out = torch.where(better, up, best), torch.where(better, torch.tensor(c), out)
+    return out.numpy()
+
+
 def _load(path: str) -> nib.Nifti1Image:
     try:
         return nib.load(path)
@@ -99,7 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.evaluation.segmentations", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--predictions", required=True, help="folder of <name>_seg.nii.gz written by inference")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", help="folder of <name>_seg.nii.gz written by inference")
+    source.add_argument(
+        "--round_trip_mm", type=float, help="score the references carried to voxels of this size (mm) and back"
+    )
     parser.add_argument("--labels", required=True, help="folder of reference <name>.nii.gz label volumes")
     parser.add_argument(
         "--config_file",
@@ -111,18 +136,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configs = ast.literal_eval(args.config_file) if args.config_file.strip().startswith("[") else [args.config_file]
     try:
-        pairs = pair_files(args.predictions, args.labels, args.suffix)
+        if args.round_trip_mm is not None:
+            if not args.round_trip_mm > 0:
+                raise InputError(f"--round_trip_mm {args.round_trip_mm} must be > 0")
+            if not os.path.isdir(args.labels):
+                raise InputError(f"--labels '{args.labels}' is not a folder")
+            pairs = [
+                (_stem(n), None, os.path.join(args.labels, n)) for n in sorted(os.listdir(args.labels)) if _stem(n)
+            ]
+        else:
+            pairs = pair_files(args.predictions, args.labels, args.suffix)
         names, remap = protocol(configs)
         rows = []
         for name, pred_path, label_path in pairs:
-            pred_img, label_img = _load(pred_path), _load(label_path)
-            if pred_img.shape != label_img.shape or not np.allclose(pred_img.affine, label_img.affine, atol=1e-3):
-                raise InputError(
-                    f"'{pred_path}' has shape {pred_img.shape} and another affine than its reference '{label_path}' "
-                    f"{label_img.shape}: segment the reference's own image"
-                )
-            reference = remap({"label": np.asarray(label_img.dataobj)[None]})["label"][0]
-            dice = dice_per_structure(np.asarray(pred_img.dataobj), np.asarray(reference), len(names))
+            label_img = _load(label_path)
+            reference = np.asarray(remap({"label": np.asarray(label_img.dataobj)[None]})["label"][0])
+            if pred_path is None:
+                voxels = [float(v) for v in label_img.header.get_zooms()[:3]]
+                prediction = round_trip(reference, voxels, args.round_trip_mm, len(names))
+            else:
+                pred_img = _load(pred_path)
+                if pred_img.shape != label_img.shape or not np.allclose(pred_img.affine, label_img.affine, atol=1e-3):
+                    raise InputError(
+                        f"'{pred_path}' has shape {pred_img.shape} and another affine than its reference "
+                        f"'{label_path}' {label_img.shape}: segment the reference's own image"
+                    )
+                prediction = np.asarray(pred_img.dataobj)
+            dice = dice_per_structure(prediction, reference, len(names))
             rows.append(dice)
             print(f"{name}: mean Dice {np.nanmean(dice):.3f} over {int(np.sum(~np.isnan(dice)))} structures")
     except InputError as e:
