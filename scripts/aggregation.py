@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SliceInferer
-from monai.transforms import InvertibleTransform, Invertd, MapTransform
+from monai.transforms import Invertd, InvertibleTransform, MapTransform
 from torch import nn
 
 from .checkpoint import check_checkpoint, load_checkpoint
