@@ -18,7 +18,7 @@ import re
 import sys
 from types import TracebackType
 
-__all__ = ["InputError", "as_bool", "check_options", "find_refusal", "one_line_errors", "refusal_message"]
+__all__ = ["InputError", "as_bool", "as_choice", "check_options", "find_refusal", "one_line_errors", "refusal_message"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -163,3 +163,19 @@ def as_bool(value: object, name: str = "option") -> bool:
     if text in _FALSE:
         return False
     raise InputError(f"--{name} {value!r} is not a switch; expected true or false")
+
+
+def as_choice(value: object, choices: list[str], name: str = "option") -> str:
+    """A command-line option that takes one of a few words, checked before any work.
+
+    Args:
+        value: the option's value.
+        choices: the words it may take.
+        name: the option, for the message.
+
+    Raises:
+        InputError: for anything else, naming the option and the words.
+    """
+    if value not in choices:
+        raise InputError(f"--{name} {value!r} is not one of {', '.join(choices)}")
+    return str(value)

@@ -23,6 +23,8 @@ values, so that the flipped map stays anatomically labelled.
 Every number of a contrast prior (the T1-like one included) comes in as an argument, so the configs declare it.
 :class:`RandSynthesizeImaged` draws a new image at each call (training); :class:`SynthesizeImaged` draws the same image
 for the same file in any order and any process (validation and test, cacheable by ``CacheDataset``).
+
+:class:`Spacingd` is MONAI's resampling to a voxel size, made safe for MONAI Label's data (see its docstring).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, ClassVar, Union
 
+import monai.transforms
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
@@ -40,7 +43,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
 from scipy import ndimage
 
-__all__ = ["RandFlipLeftRightd", "RandSynthesizeImaged", "SynthesizeImaged", "synthesize_image"]
+__all__ = ["RandFlipLeftRightd", "RandSynthesizeImaged", "Spacingd", "SynthesizeImaged", "synthesize_image"]
 
 RandomGenerator = Union[np.random.Generator, np.random.RandomState]
 RangeLike = Union[Sequence[float], float]
@@ -470,3 +473,23 @@ class RandFlipLeftRightd(MapTransform, RandomizableTransform):
             flipped = torch.flip(d[key], dims=(axis,)) if isinstance(d[key], torch.Tensor) else np.flip(d[key], axis)
             d[key] = self._swap_values(flipped) if key == self.keys[0] else flipped
         return d
+
+
+class Spacingd(monai.transforms.Spacingd):
+    """MONAI's ``Spacingd``, safe beside entries that start with a key's name but are not metadata dicts.
+
+    After resampling a NIfTI image, MONAI's ``Spacingd`` calls ``.update`` on every ``<key>_*`` entry of the data, as
+    if each were a metadata dict; MONAI Label puts the image's path in ``image_path`` (a string), so its ``/infer/``
+    failed with ``AttributeError: 'str' object has no attribute 'update'``. Such entries are held aside during the
+    resampling and put back unchanged; everything else, inversion included, is MONAI's.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        held = {
+            k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)
+        }
+        out = super().__call__(d, lazy=lazy)
+        out.update(held)
+        return out

@@ -133,6 +133,19 @@ def test_brain27_maps_freesurfer_labels_and_parcels():
     assert len(names) == 28 and len(parser["freesurfer_labels"]) == 27
 
 
+def test_brain27_reads_label_indices_with_label_values_indices():
+    """As MONAI Label saves labels (and the packaged bundle's train.json reads them): no remapping, values 0-27."""
+    parser = parse(TRAIN, BRAIN)
+    parser["label_values"] = "indices"
+    assert parser.get_parsed_content("remap_transforms") == []
+    assert parser.get_parsed_content("allowed_labels") == list(range(28))
+    parser = parse(TRAIN, BRAIN)
+    parser["label_values"] = "aseg"
+    with pytest.raises(RuntimeError) as raised:
+        parser.get_parsed_content("allowed_labels")
+    assert "--label_values 'aseg' is not one of freesurfer, indices" in str(raised.value.__cause__)
+
+
 def _freesurfer_maps(folder, count: int, shape=(32, 32, 32)) -> str:
     """Label maps with FreeSurfer values, from the generated heads (3 mm), plus some extra-cerebral tissue (515)."""
     from scripts.data.synthetic import FREESURFER_LABELS, generate_subject

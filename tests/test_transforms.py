@@ -294,3 +294,27 @@ def test_left_right_flip_mirrors_and_swaps_the_labels():
     )  # no left-right axis: nothing flipped
     with pytest.raises(ValueError, match="pairs"):
         RandFlipLeftRightd(keys="label", spatial_axis=0, pairs=[[2, 41], [41, 3]])
+
+
+def test_spacingd_keeps_entries_that_share_the_key_prefix_and_matches_monai(tmp_path):
+    """MONAI Label hands in {'image': ..., 'image_path': str}: MONAI's Spacingd calls .update on the string."""
+    import nibabel as nib
+    from monai.transforms import EnsureChannelFirstd, Invertd, LoadImaged
+    from monai.transforms import Spacingd as MonaiSpacingd
+
+    from scripts.transforms import Spacingd
+
+    path = str(tmp_path / "head.nii.gz")
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 10, 8)).astype(np.float32), np.diag([1.5, 1, 3, 1])),
+             path)  # fmt: skip
+    load = Compose([LoadImaged(keys="image", image_only=True), EnsureChannelFirstd(keys="image")])
+    ours = Compose([*load.transforms, Spacingd(keys="image", pixdim=(2.0, 2.0, 2.0))])
+    data = ours({"image": path, "image_path": path})
+    assert data["image_path"] == path
+    reference = Compose([*load.transforms, MonaiSpacingd(keys="image", pixdim=(2.0, 2.0, 2.0))])({"image": path})
+    assert torch.equal(data["image"], reference["image"]) and np.allclose(
+        data["image"].affine, reference["image"].affine
+    )
+    data["pred"] = data["image"].clone()
+    back = Invertd(keys="pred", transform=ours, orig_keys="image")(data)["pred"]
+    assert back.shape[1:] == (12, 10, 8)  # inverted by MONAI's own inverse

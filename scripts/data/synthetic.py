@@ -38,7 +38,14 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["FREESURFER_LABELS", "LABEL_NAMES", "ensure_default_dataset", "generate_dataset", "generate_subject"]
+__all__ = [
+    "FREESURFER_LABELS",
+    "LABEL_NAMES",
+    "centred_affine",
+    "ensure_default_dataset",
+    "generate_dataset",
+    "generate_subject",
+]
 
 # Label value = index. Sorted by FreeSurfer aseg value, so these are the 27 structures of the paper's brain protocol
 # in the order a sorted FreeSurfer remapping gives (FREESURFER_LABELS[i] is the aseg value of LABEL_NAMES[i]).
@@ -409,7 +416,7 @@ def generate_subject(index: int, shape: Sequence[int] = (64, 64, 64), seed: int 
     return _intensities(tissue, rng), label
 
 
-def _affine(shape: Sequence[int], spacing: float) -> np.ndarray:
+def centred_affine(shape: Sequence[int], spacing: float) -> np.ndarray:
     """RAS affine of a volume with isotropic ``spacing`` whose centre is at the world origin."""
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = -(np.asarray(shape, dtype=float) - 1.0) / 2.0 * spacing
@@ -474,7 +481,7 @@ def generate_dataset(
         os.makedirs(os.path.join(staging, "labelsTr"))
         width = max(3, len(str(num_subjects - 1)))
         names = [f"subject_{i:0{width}d}.nii.gz" for i in range(num_subjects)]
-        affine = _affine(shape, spacing)
+        affine = centred_affine(shape, spacing)
 
         def write(index: int) -> None:
             image, label = generate_subject(index, shape, seed)
