@@ -34,6 +34,7 @@ from monai.bundle import ConfigParser
 
 from .data.synthetic import centred_affine, generate_subject
 from .errors import InputError
+from .outputs import atomic_write, prepare_output_dir, publish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS_DIR = "$@bundle_root + '/models'"
@@ -50,14 +51,11 @@ EXAMPLE = "data/example/example_head.nii.gz"
 EXAMPLE_DIR = "$@bundle_root + '/data/example'"
 
 
-def merged_config(files: list[str]) -> dict:
-    """The configs of ``files`` merged as ``python -m monai.bundle run --config_file "[...]"`` merges them."""
-    config = ConfigParser.load_config_files(files)
-    return dict(config)
-
-
 def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: str = ROOT) -> str:
     """Write the bundle folder ``out_dir/name`` and return its path.
+
+    It is built in ``out_dir/name.partial`` and then takes the place of an earlier ``out_dir/name``, so a kill or a
+    full disk leaves the earlier bundle or the new one, complete (:func:`scripts.outputs.publish`).
 
     Args:
         out_dir: folder that receives the bundle folder (created if missing).
@@ -71,9 +69,8 @@ def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: 
     for what, path in (("protocol config", protocol_path), ("checkpoint", checkpoint_path)):
         if not os.path.isfile(path):
             raise InputError(f"{what} '{path}' does not exist")
-    bundle = os.path.join(out_dir, name)
-    if os.path.exists(bundle):
-        shutil.rmtree(bundle)
+    final = os.path.join(out_dir, name)
+    bundle = prepare_output_dir(final + ".partial", option="out", fresh=True)
     os.makedirs(os.path.join(bundle, "configs"))
     os.makedirs(os.path.join(bundle, "models"))
     for target, files in WORKFLOWS.items():
@@ -81,8 +78,13 @@ def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: 
         # evaluate.json stays an overlay (merged over train.json at run time), so only the others take the protocol
         if target != "evaluate.json":
             paths.append(protocol_path)
-        # an overlay's keys (validate#...) only exist once merged, so it is converted as it is
-        config = merged_config(paths) if target != "evaluate.json" else ConfigParser.load_config_file(paths[0])
+        # merged as `run --config_file "[...]"` merges; an overlay's keys (validate#...) only exist once merged, so it
+        # is converted as it is
+        config = (
+            ConfigParser.load_config_files(paths)
+            if target != "evaluate.json"
+            else ConfigParser.load_config_file(paths[0])
+        )
         if "ckpt_dir" in config:
             config["ckpt_dir"] = MODELS_DIR
         if target == "inference.json":
@@ -111,7 +113,7 @@ def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: 
     image = np.round(255 * image / image.max()).astype(np.uint8)  # 8 bits, as many scanners' exports (a smaller zip)
     os.makedirs(os.path.dirname(os.path.join(bundle, EXAMPLE)))
     nib.save(nib.Nifti1Image(image, centred_affine(image.shape, 3.0)), os.path.join(bundle, EXAMPLE))
-    return bundle
+    return publish(bundle, final)
 
 
 def zip_bundle(bundle: str) -> str:
@@ -119,11 +121,17 @@ def zip_bundle(bundle: str) -> str:
     version = json.load(open(os.path.join(bundle, "configs", "metadata.json")))["version"]
     name = os.path.basename(os.path.normpath(bundle))
     archive = os.path.join(os.path.dirname(os.path.normpath(bundle)), f"{name}_v{version}.zip")
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
-        for folder, _, files in os.walk(bundle):
-            for file in sorted(files):
-                path = os.path.join(folder, file)
-                z.write(path, os.path.join(name, os.path.relpath(path, bundle)))
+
+    def write(path: str) -> None:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            for folder, _, files in os.walk(bundle):
+                for file in sorted(files):
+                    z.write(
+                        os.path.join(folder, file),
+                        os.path.join(name, os.path.relpath(os.path.join(folder, file), bundle)),
+                    )
+
+    atomic_write(archive, write)  # a zip that is shared is complete or absent
     return archive
 
 

@@ -93,3 +93,18 @@ def test_packaging_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
     assert package_main(["--out", str(tmp_path), "--checkpoint", "models/none/model.pt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ERROR: checkpoint") and "models/none/model.pt" in err[0]
+
+
+def test_packaging_again_replaces_the_bundle_whole_and_refuses_an_unwritable_out(packaged, tmp_path, capsys):
+    out = os.path.dirname(packaged["bundle"])
+    stale = os.path.join(packaged["bundle"], "stale.txt")
+    open(stale, "w").close()
+    assert package_main(["--out", out]) == 0
+    assert not os.path.exists(stale) and os.path.isfile(os.path.join(packaged["bundle"], "models", "model.pt"))
+    assert sorted(os.listdir(out)) == sorted([NAME, os.path.basename(packaged["zip"])])  # no .partial, .old, temp zip
+    capsys.readouterr()
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert package_main(["--out", str(blocked)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ERROR: --out") and str(blocked) in err[0]
