@@ -292,3 +292,38 @@ def test_the_shipped_brain_model_on_a_real_scan(tmp_path):
                       "--config_file", f"['{TRAIN}','{BRAIN}']", "--out", str(tmp_path / "dice")]) == 0  # fmt: skip
     summary = json.load(open(tmp_path / "dice" / "dice_summary.json"))
     assert summary["overall"]["n"] == 1 and summary["overall"]["mean"] > MIN_REAL_DICE
+
+
+def test_training_slices_from_listed_voxels_equal_monais_draw_from_the_volume():
+    """train#slice_sampling lists each volume's voxels once (FgBgToIndicesd, cached): the slices drawn are the ones
+    RandCropByPosNegLabeld draws when it lists them itself at every draw, and no index list reaches the batch."""
+    from monai.transforms import Compose, RandCropByPosNegLabeld, SqueezeDimd
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((1, 20, 24, 18), dtype=np.uint8)
+    label[0, 5:12, 6:20, 4:9] = 3
+    label[0, 14:16, 2:5, 10:17] = 7
+    item = {"image": torch.as_tensor(rng.random(label.shape, dtype=np.float32)), "label": torch.as_tensor(label)}
+    for slice_axis in (0, 1, 2):
+        parser = parse(TRAIN, slice_axis=slice_axis)
+        ours = Compose(parser.get_parsed_content("train#slice_sampling"))
+        plain = Compose(
+            [
+                RandCropByPosNegLabeld(
+                    keys=["image", "label"],
+                    label_key="label",
+                    spatial_size=[1 if i == slice_axis else -1 for i in range(3)],
+                    pos=parser["foreground_slice_ratio"],
+                    neg=1.0,
+                    num_samples=1,
+                ),
+                SqueezeDimd(keys=["image", "label"], dim=slice_axis + 1),
+            ]
+        )
+        ours.set_random_state(seed=3)
+        plain.set_random_state(seed=3)
+        for _ in range(12):
+            a, b = ours(dict(item))[0], plain(dict(item))[0]
+            assert set(a) == {"image", "label"}
+            assert torch.equal(a["label"].as_tensor(), b["label"].as_tensor())
+            assert torch.equal(a["image"].as_tensor(), b["image"].as_tensor())
