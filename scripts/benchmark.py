@@ -1,8 +1,18 @@
-"""Whole-volume inference, end to end, with the plain float32 path and the fast paths of ``configs/inference.yaml``.
+"""Benchmarks that print figures: whole-volume inference end to end, and our networks beside MONAI's peers.
 
     python -m scripts.benchmark volume --image scan.nii.gz --checkpoint models/model.pt [--onnx models/model.onnx]
         [--config ...] [-- overrides]
+    python -m scripts.benchmark peers [--size 256 --features 64 --batch 4 --precision fp32 --volume_slices 0]
 
+``peers``: our U-Net, SD-Net and FC-DenseNet without SE and with scSE beside MONAI's ``BasicUNet`` and ``Quicknat``
+(without SE and with its cSE), at the same slice size, filters and classes, in one process, the networks taking
+turns in every repeat (a change of the machine's load hits all alike): median time of an inference forward pass
+per slice, of a training step (forward, backward, SGD) per batch and, with ``--volume_slices``, of a whole stack of
+slices; the FLOPs torch counts, the GFLOP/s they achieve against the matmul peak measured in the same run, the
+ratios to our U-Net + scSE, and each network's peak memory (resident memory of a process of its own on a CPU, the
+allocator's peak on CUDA).
+
+``volume``:
 Each setting runs ``python -m monai.bundle run inference`` in its own process (read, preprocess, segment, invert,
 write: what a user waits for), alone, ``--repeats`` times; the median wall time and the peak resident memory are
 printed, with per-structure Dice of every setting's labels against the plain path's, the arithmetic the network
@@ -15,26 +25,30 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import nibabel as nib
 import numpy as np
 import torch
 
-from .inference import native_bf16
+from .inference import _DTYPES, native_bf16, resolve_precision
 
-__all__ = ["SETTINGS", "cpu_kind", "main", "matmul_gflops"]
+__all__ = ["SETTINGS", "cpu_kind", "main", "matmul_gflops", "peer_networks", "time_interleaved"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> overrides of configs/inference.yaml; "plain" is the reference the others are compared with
 SETTINGS: dict[str, list[str]] = {
     "plain fp32": ["--precision", "fp32", "--channels_last", "false", "--crop_foreground", "false"],
     "default (fp32 + channels-last + crop)": [],
+    "fp32 + channels-last + crop slices only": ["--crop_foreground", "slices"],
     "auto precision + channels-last, no crop": ["--precision", "auto", "--crop_foreground", "false"],
     "auto precision + channels-last + crop": ["--precision", "auto"],
 }
@@ -47,14 +61,22 @@ def cpu_kind() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()}{' with native BF16' if native_bf16() else ''} ({avx512})"
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
-    """Median GFLOP/s of a ``size`` x ``size`` matmul on this machine's threads: the peak to compare with."""
-    a, b = torch.rand(size, size).to(dtype), torch.rand(size, size).to(dtype)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 4096, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """Median GFLOP/s of a ``size`` x ``size`` matmul on this machine's threads (or GPU): the peak to compare with."""
+    device = torch.device(device)
+    a, b = torch.rand(size, size, device=device).to(dtype), torch.rand(size, size, device=device).to(dtype)
     torch.mm(a, b)
     times = []
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        _sync(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times) / 1e9
 
@@ -163,6 +185,200 @@ def volume(args: argparse.Namespace) -> None:
     )
 
 
+def peer_networks(num_classes: int, features: int, kernel_size: int) -> dict[str, torch.nn.Module]:
+    """Ours (no SE, scSE) and MONAI's peers, 2D, one input channel, ``num_classes`` outputs, ``features`` filters.
+
+    MONAI's ``BasicUNet`` gets ``features`` at its first level, doubling down to 8x (its own 3x3 kernels);
+    ``Quicknat`` (the dense blocks our FC-DenseNet follows) gets ``features`` filters and ``kernel_size`` kernels.
+    """
+    from monai.networks.nets import BasicUNet, Quicknat
+
+    from .networks import get_network
+
+    nets: dict[str, torch.nn.Module] = {}
+    for arch in ("unet", "sdnet", "densenet"):
+        for se in ("none", "scse"):
+            nets[f"ours {arch} + {se}"] = get_network(
+                arch, se, 2, 1, num_classes, features=features, kernel_size=kernel_size
+            )
+    f = features
+    nets["MONAI BasicUNet"] = BasicUNet(2, 1, num_classes, features=(f, f, 2 * f, 4 * f, 8 * f, f))
+    for se in ("None", "CSE"):
+        nets[f"MONAI Quicknat + {se}"] = Quicknat(num_classes, 1, f, kernel_size, se_block=se)
+    return nets
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each step, the steps taking turns within every repeat after one warm-up call each."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():
+        step()
+    for _ in range(repeats):
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _inference_step(net: torch.nn.Module, x: torch.Tensor, precision: str) -> Callable[[], None]:
+    def step() -> None:
+        with torch.inference_mode(), _autocast(x.device, precision):
+            net(x)
+
+    return step
+
+
+def _training_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str) -> Callable[[], None]:
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-6, momentum=0.95)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(x.device, precision):
+            logits = net(x)
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def _count_flops(step: Callable[[], None]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def _peer_memory(args: argparse.Namespace, name: str) -> float:
+    """GiB: peak memory of one inference batch and one training step of ``name`` (a process of its own on a CPU)."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        net = peer_networks(args.classes, args.features, args.kernel_size)[name].to(device)
+        x = torch.randn(args.batch, 1, args.size, args.size, device=device)
+        y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
+        torch.cuda.reset_peak_memory_stats(device)
+        _inference_step(net.eval(), x, args.precision)()
+        _training_step(net.train(), x, y, args.precision)()
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    command = [sys.executable, "-m", "scripts.benchmark", "peers", "--_memory_of", name,
+               *[f"--{k}={v}" for k, v in vars(args).items() if k in _PEER_OPTIONS]]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"memory run of '{name}' failed:\n{process.stderr.read().decode()[-3000:]}")
+    return usage.ru_maxrss / 2**20
+
+
+_PEER_OPTIONS = ("size", "features", "kernel_size", "classes", "batch", "precision", "device", "threads")
+
+
+def peers(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.precision = resolve_precision(args.precision, device)
+    torch.manual_seed(0)
+    nets = peer_networks(args.classes, args.features, args.kernel_size)
+    x = torch.randn(args.batch, 1, args.size, args.size, device=device)
+    y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
+    if args._memory_of:  # the child process of _peer_memory: one network, one batch, one step
+        net = nets[args._memory_of].to(device)
+        _inference_step(net.eval(), x, args.precision)()
+        _training_step(net.train(), x, y, args.precision)()
+        return
+    if device.type == "cuda":
+        where = f"GPU: {torch.cuda.get_device_name(device)}"
+    else:
+        where = f"CPU: {cpu_kind()}; torch threads: {torch.get_num_threads()}"
+    print(f"{where}; torch {torch.__version__}; precision {args.precision}")
+    dtype = torch.float32 if args.precision == "fp32" else _DTYPES[args.precision]
+    peak = matmul_gflops(dtype, device=device)
+    print(f"matmul peak ({args.precision}, 4096^2, median of 5): {peak:.0f} GFLOP/s")
+    print(
+        f"{args.size}x{args.size} slices, {args.features} filters, {args.kernel_size}x{args.kernel_size} kernels "
+        f"(BasicUNet: 3x3), {args.classes} classes; batch {args.batch}; median of {args.repeats}, interleaved\n"
+    )
+    for net in nets.values():
+        net.to(device)
+    infer = {name: _inference_step(net.eval(), x, args.precision) for name, net in nets.items()}
+    infer_flops = {name: _count_flops(step) for name, step in infer.items()}
+    infer_s = time_interleaved(infer, args.repeats, device)
+    train = {name: _training_step(net.train(), x, y, args.precision) for name, net in nets.items()}
+    train_flops = {name: _count_flops(step) for name, step in train.items()}
+    train_s = time_interleaved(train, args.repeats, device)
+    volume_s: dict[str, float] = {}
+    if args.volume_slices:
+        stack = torch.randn(args.volume_slices, 1, args.size, args.size)
+
+        def whole(net: torch.nn.Module) -> Callable[[], None]:
+            def run() -> None:
+                with torch.inference_mode(), _autocast(device, args.precision):
+                    for batch in stack.split(args.batch):
+                        net.eval()(batch.to(device)).argmax(1).cpu()
+
+            return run
+
+        volume_s = time_interleaved({name: whole(net) for name, net in nets.items()}, 1, device)
+    memory = {name: _peer_memory(args, name) for name in nets}
+    ref = "ours unet + scse"
+    header = ("| network | parameters | GFLOP per slice | inference ms per slice | vs ours U-Net+scSE | GFLOP/s "
+              "(% of peak) | training step ms | vs ours U-Net+scSE | GFLOP/s (% of peak) |")  # fmt: skip
+    if volume_s:
+        header += f" {args.volume_slices} slices s |"
+    header += " peak GiB |"
+    print(header)
+    print("|---|" + "---:|" * (header.count("|") - 2))
+    rows = []
+    for name, net in nets.items():
+        per_slice = infer_s[name] / args.batch
+        gflops_i = infer_flops[name] / infer_s[name] / 1e9
+        gflops_t = train_flops[name] / train_s[name] / 1e9
+        row = {"network": name, "parameters": sum(p.numel() for p in net.parameters()),
+               "gflop_per_slice": infer_flops[name] / args.batch / 1e9, "inference_ms_per_slice": 1000 * per_slice,
+               "inference_ratio": infer_s[name] / infer_s[ref], "inference_gflops": gflops_i,
+               "train_step_ms": 1000 * train_s[name], "train_ratio": train_s[name] / train_s[ref],
+               "train_gflops": gflops_t, "peak_gib": memory[name]}  # fmt: skip
+        cells = [
+            name,
+            f"{row['parameters']:,}",
+            f"{row['gflop_per_slice']:.1f}",
+            f"{1000 * per_slice:.1f}",
+            f"{row['inference_ratio']:.2f}",
+            f"{gflops_i:.0f} ({100 * gflops_i / peak:.0f}%)",
+            f"{1000 * train_s[name]:.0f}",
+            f"{row['train_ratio']:.2f}",
+            f"{gflops_t:.0f} ({100 * gflops_t / peak:.0f}%)",
+        ]
+        line = "| " + " | ".join(cells) + " |"
+        if volume_s:
+            row["volume_s"] = volume_s[name]
+            line += f" {volume_s[name]:.1f} |"
+        line += f" {memory[name]:.2f} |"
+        rows.append(row)
+        print(line)
+    for arch in ("unet", "sdnet", "densenet"):
+        se, plain = f"ours {arch} + scse", f"ours {arch} + none"
+        print(
+            f"scSE / no SE, ours {arch}: inference {infer_s[se] / infer_s[plain]:.3f}, "
+            f"training step {train_s[se] / train_s[plain]:.3f}"
+        )
+    quick = "MONAI Quicknat + CSE"
+    print(f"training step, {quick} / ours densenet + scse: "
+          f"{train_s[quick] / train_s['ours densenet + scse']:.2f}x")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"peak_gflops": peak, "precision": args.precision, "rows": rows}, f, indent=1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m scripts.benchmark", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -173,8 +389,21 @@ def main(argv: list[str] | None = None) -> None:
     vol.add_argument("--onnx", help="the network's ONNX export, to time ONNX Runtime too (configs/onnx_export.yaml)")
     vol.add_argument("--repeats", type=int, default=1, help="runs per setting (median wall time)")
     vol.add_argument("overrides", nargs="*", help="bundle overrides after --, e.g. -- --features 32")
+    peer = commands.add_parser("peers", help="our networks beside MONAI's BasicUNet and Quicknat")
+    peer.add_argument("--size", type=int, default=256, help="slice size (the paper's 256)")
+    peer.add_argument("--features", type=int, default=64, help="filters (the paper's 64)")
+    peer.add_argument("--kernel_size", type=int, default=5)
+    peer.add_argument("--classes", type=int, default=28, help="28: the paper's 27 brain structures + background")
+    peer.add_argument("--batch", type=int, default=4, help="slices per forward pass and per training step")
+    peer.add_argument("--precision", default="fp32", help="fp32 | auto | bf16 | fp16 (autocast)")
+    peer.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    peer.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    peer.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+    peer.add_argument("--volume_slices", type=int, default=0, help="also time a stack of this many slices (e.g. 256)")
+    peer.add_argument("--json", help="also write the figures to this JSON file")
+    peer.add_argument("--_memory_of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    volume(args)
+    {"volume": volume, "peers": peers}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ change that cost on the same hardware without changing the network:
 :class:`FastInference` wraps a network for the evaluator and returns float32 logits; it shares the network's
 parameters, so a checkpoint loaded into the network (MONAI's ``CheckpointLoader``) is what it runs.
 :class:`OnnxRuntimeNetwork` runs an ONNX export (``python -m monai.bundle onnx_export --args_file
-configs/onnx_export.yaml``) with ONNX Runtime instead. The third lever, computing only where the head is, is declared
-in ``configs/inference.yaml`` (``CropForegroundd``, inverted by ``Invertd``).
+configs/onnx_export.yaml``) with ONNX Runtime instead. The third lever, computing only where the head is, is MONAI's
+``CropForegroundd`` (inverted by ``Invertd``), chosen by :func:`foreground_crop`: the head's box, or only the slices
+through the head, kept whole, which gives the plain path's labels (a 2D network sees every slice it segments as the
+plain path does).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import numpy as np
 import torch
 from monai.inferers import SimpleInferer
+from monai.transforms import CropForegroundd
 from torch import nn
 
 from .checkpoint import check_checkpoint
@@ -35,6 +38,7 @@ __all__ = [
     "FastInference",
     "OnnxRuntimeNetwork",
     "check_model",
+    "foreground_crop",
     "inference_network",
     "native_bf16",
     "resolve_precision",
@@ -202,3 +206,37 @@ def check_model(backend: str, checkpoint: str, onnx_file: str, network: nn.Modul
         OnnxRuntimeNetwork(onnx_file)
         return onnx_file
     return check_checkpoint(checkpoint, network)
+
+
+def foreground_crop(
+    crop: object, threshold: float, margin: int, slice_axis: int, k_divisible: int, key: str = "image"
+) -> list[CropForegroundd]:
+    """The ``crop_foreground`` option as MONAI's ``CropForegroundd`` on the voxels of ``key`` above ``threshold``.
+
+    Args:
+        crop: ``true``: the foreground's bounding box plus ``margin`` voxels, each side a multiple of ``k_divisible``
+            (fewest FLOPs, but the network sees smaller slices and its labels near the head move, see the model
+            card); ``"slices"``: only the slices through the foreground (plus ``margin``) along ``slice_axis``, kept
+            whole, so each is segmented as the plain path segments it; ``false``: no crop (an empty list).
+        threshold: foreground = intensities above it (after the loading transforms' scaling).
+        margin: voxels kept beyond the foreground.
+        slice_axis: spatial axis of the 2D slices.
+        k_divisible: the network's size multiple, for the box's in-plane sides.
+        key: the image key.
+
+    Raises:
+        InputError: for another value of ``crop``.
+    """
+    if str(crop).strip().lower() == "slices":
+        # in plane, a margin larger than any image, clipped to its edges (allow_smaller): the whole slice
+        margins = [margin if axis == slice_axis else 2**31 - 1 for axis in range(3)]
+        return [CropForegroundd(key, key, lambda x: x > threshold, margin=margins, allow_smaller=True)]
+    try:
+        boxed = as_bool(crop, "crop_foreground")
+    except InputError:
+        raise InputError(f"--crop_foreground {crop!r} is not one of true, false, slices") from None
+    if not boxed:
+        return []
+    return [
+        CropForegroundd(key, key, lambda x: x > threshold, margin=margin, allow_smaller=True, k_divisible=k_divisible)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -88,6 +89,17 @@ def test_cropped_fast_inference_gives_the_plain_labels_on_the_input_grid(tmp_pat
     low, high = np.percentile(padded, [0.5, 99.5])
     head = (padded - low) / (high - low) > 0.05
     assert (a[head] == b[head]).mean() > 0.98
+    # --crop_foreground slices: only the slices through the head, each whole, so exactly the plain path's labels there
+    _run("run", "inference", "--config_file", INFERENCE, *common, "--output_dir", str(tmp_path / "slices"),
+         "--precision", "fp32", "--crop_foreground", "slices", cwd=str(tmp_path))  # fmt: skip
+    c = np.asarray(nib.load(str(tmp_path / "slices" / "head_seg.nii.gz")).dataobj)
+    through_head = head.any(axis=(0, 1))  # RAS axis 2: the default config's axial slices (the input is RAS already)
+    assert 0 < through_head.sum() < through_head.size
+    assert np.array_equal(c[..., through_head], a[..., through_head])
+    first, last = np.flatnonzero(through_head)[[0, -1]]
+    beyond_margin = np.ones(through_head.size, dtype=bool)
+    beyond_margin[max(first - 8, 0) : last + 9] = False  # crop_margin: 8
+    assert not c[..., beyond_margin].any()
 
 
 def test_volume_benchmark_prints_every_setting(tmp_path):
@@ -107,10 +119,34 @@ def test_volume_benchmark_prints_every_setting(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("CPU: ") and "matmul peak" in lines[1]
-    rows = [line for line in lines if line.startswith(("plain fp32", "default (", "auto precision", "onnxruntime"))]
-    assert len(rows) == 5
+    rows = [line for line in lines if line.startswith(("plain fp32", "default (", "fp32 +", "auto precision", "onnxr"))]
+    assert len(rows) == 6
+    assert rows[2].split()[-2:] == ["1.0000", "1.0000"]  # whole slices through the head: the plain path's labels
     plain = rows[0].split()
     assert plain[-2:] == ["1.0000", "1.0000"]  # the reference against itself
+
+
+def test_peer_benchmark_prints_ours_beside_monais_networks(tmp_path):
+    figures = str(tmp_path / "peers.json")
+    cmd = [sys.executable, "-m", "scripts.benchmark", "peers", "--size", "32", "--features", "4", "--batch", "2",
+           "--repeats", "1", "--volume_slices", "3", "--threads", "1", "--device", "cpu", "--json",
+           figures]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("CPU: ") and "matmul peak" in lines[1]
+    table = [line for line in lines if line.startswith("| ours") or line.startswith("| MONAI")]
+    names = [line.split("|")[1].strip() for line in table]
+    assert names == [f"ours {a} + {se}" for a in ("unet", "sdnet", "densenet") for se in ("none", "scse")] + [
+        "MONAI BasicUNet", "MONAI Quicknat + None", "MONAI Quicknat + CSE"]  # fmt: skip
+    assert sum("scSE / no SE" in line for line in lines) == 3 and "Quicknat + CSE / ours densenet" in lines[-1]
+    rows = {row["network"]: row for row in json.load(open(figures))["rows"]}
+    assert rows["ours unet + scse"]["inference_ratio"] == 1.0 and rows["ours unet + scse"]["train_ratio"] == 1.0
+    for row in rows.values():
+        assert row["inference_ms_per_slice"] > 0 and row["train_step_ms"] > 0 and row["volume_s"] > 0
+        assert row["gflop_per_slice"] > 0 and row["peak_gib"] > 0.05  # a process of its own: resident memory
+    # the SE blocks add parameters, and the FLOPs torch counts grow with them
+    assert rows["ours unet + scse"]["parameters"] > rows["ours unet + none"]["parameters"]
 
 
 def test_autocast_inferer_runs_the_forward_pass_in_the_chosen_precision(monkeypatch):
