@@ -27,6 +27,12 @@ def test_median_frequency_weights_by_hand():
     assert torch.allclose(w, expected)
     # the frequent class gets a weight below 1, not 0 (the authors' floor division gave 0)
     assert 0 < w[2] < 1
+    # class_weight_power softens them (0: uniform for the classes present)
+    half = median_frequency_weights([{"label": vol}], _identity, num_classes=3, slice_axis=2, power=0.5)
+    assert torch.allclose(half, expected.sqrt())
+    assert torch.equal(median_frequency_weights([{"label": vol}], _identity, 3, 2, power=0.0), torch.ones(3))
+    with pytest.raises(ValueError, match="power"):
+        median_frequency_weights([{"label": vol}], _identity, 3, 2, power=-1.0)
 
 
 def test_median_frequency_weights_slice_axis_and_absent_class(caplog):
