@@ -271,11 +271,22 @@ def _peer_memory(args: argparse.Namespace, name: str) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     command = [sys.executable, "-m", "scripts.benchmark", "peers", "--_memory_of", name,
                *[f"--{k}={v}" for k, v in vars(args).items() if k in _PEER_OPTIONS]]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"memory run of '{name}' failed:\n{process.stderr.read().decode()[-3000:]}")
-    return usage.ru_maxrss / 2**20
+    # the child reports its own peak: the rusage of a child forked from this (large) process counts this one's memory
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"memory run of '{name}' failed:\n{result.stderr[-3000:]}")
+    return float(result.stdout.split()[-1])
+
+
+def _own_peak_gib() -> float:
+    """This process's peak resident memory (Linux's VmHWM; else the rusage maximum)."""
+    if os.path.exists("/proc/self/status"):
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 _PEER_OPTIONS = ("size", "features", "kernel_size", "classes", "batch", "precision", "device", "threads")
@@ -294,6 +305,7 @@ def peers(args: argparse.Namespace) -> None:
         net = nets[args._memory_of].to(device)
         _inference_step(net.eval(), x, args.precision)()
         _training_step(net.train(), x, y, args.precision)()
+        print(f"{_own_peak_gib():.4f}")
         return
     if device.type == "cuda":
         where = f"GPU: {torch.cuda.get_device_name(device)}"
