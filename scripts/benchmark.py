@@ -39,9 +39,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .inference import _DTYPES, native_bf16, resolve_precision
+from .inference import _DTYPES, PRECISIONS, native_bf16, resolve_precision
+from .outputs import atomic_write
 
-__all__ = ["SETTINGS", "cpu_kind", "main", "matmul_gflops", "peer_networks", "time_interleaved"]
+__all__ = ["SETTINGS", "cpu_kind", "inference_step", "main", "matmul_gflops", "peer_networks", "time_interleaved"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> overrides of configs/inference.yaml; "plain" is the reference the others are compared with
@@ -183,6 +184,8 @@ def volume(args: argparse.Namespace) -> None:
         f"\nwall: median of {args.repeats}, end to end (process start to label file written); floor: TFLOP / matmul "
         f"peak ({'/'.join(peaks)}); Dice: per structure against 'plain fp32' ({len(labels)} structures present)"
     )
+    # Linux charges a child with the memory of the process it was forked from: a setting's peak cannot read below this
+    print(f"this benchmark's own peak memory: {_own_peak_gib():.2f} GiB (a floor of the 'peak GiB' column)")
 
 
 def peer_networks(num_classes: int, features: int, kernel_size: int) -> dict[str, torch.nn.Module]:
@@ -229,7 +232,9 @@ def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, device:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _inference_step(net: torch.nn.Module, x: torch.Tensor, precision: str) -> Callable[[], None]:
+def inference_step(net: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> Callable[[], None]:
+    """One inference forward pass of ``net`` on ``x`` (autocast unless ``precision`` is fp32), for timing."""
+
     def step() -> None:
         with torch.inference_mode(), _autocast(x.device, precision):
             net(x)
@@ -266,7 +271,7 @@ def _peer_memory(args: argparse.Namespace, name: str) -> float:
         x = torch.randn(args.batch, 1, args.size, args.size, device=device)
         y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
         torch.cuda.reset_peak_memory_stats(device)
-        _inference_step(net.eval(), x, args.precision)()
+        inference_step(net.eval(), x, args.precision)()
         _training_step(net.train(), x, y, args.precision)()
         return torch.cuda.max_memory_allocated(device) / 2**30
     command = [sys.executable, "-m", "scripts.benchmark", "peers", "--_memory_of", name,
@@ -303,7 +308,7 @@ def peers(args: argparse.Namespace) -> None:
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
     if args._memory_of:  # the child process of _peer_memory: one network, one batch, one step
         net = nets[args._memory_of].to(device)
-        _inference_step(net.eval(), x, args.precision)()
+        inference_step(net.eval(), x, args.precision)()
         _training_step(net.train(), x, y, args.precision)()
         print(f"{_own_peak_gib():.4f}")
         return
@@ -321,7 +326,7 @@ def peers(args: argparse.Namespace) -> None:
     )
     for net in nets.values():
         net.to(device)
-    infer = {name: _inference_step(net.eval(), x, args.precision) for name, net in nets.items()}
+    infer = {name: inference_step(net.eval(), x, args.precision) for name, net in nets.items()}
     infer_flops = {name: _count_flops(step) for name, step in infer.items()}
     infer_s = time_interleaved(infer, args.repeats, device)
     train = {name: _training_step(net.train(), x, y, args.precision) for name, net in nets.items()}
@@ -387,8 +392,8 @@ def peers(args: argparse.Namespace) -> None:
     print(f"training step, {quick} / ours densenet + scse: "
           f"{train_s[quick] / train_s['ours densenet + scse']:.2f}x")  # fmt: skip
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"peak_gflops": peak, "precision": args.precision, "rows": rows}, f, indent=1)
+        figures = {"peak_gflops": peak, "precision": args.precision, "rows": rows}
+        atomic_write(args.json, lambda path: json.dump(figures, open(path, "w"), indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     peer.add_argument("--kernel_size", type=int, default=5)
     peer.add_argument("--classes", type=int, default=28, help="28: the paper's 27 brain structures + background")
     peer.add_argument("--batch", type=int, default=4, help="slices per forward pass and per training step")
-    peer.add_argument("--precision", default="fp32", help="fp32 | auto | bf16 | fp16 (autocast)")
+    peer.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (auto: as inference)")
     peer.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     peer.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     peer.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")

@@ -11,11 +11,10 @@ about 2.1e6 parameters and scSE adds about 3.3e4 (1.5%).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from scripts.benchmark import inference_step, time_interleaved
 from scripts.networks import ARCHS, SE_TYPES, get_network
 
 __all__ = ["complexity_table", "count_parameters", "main", "time_forwards"]
@@ -43,19 +42,9 @@ def time_forwards(nets: dict[str, torch.nn.Module], x: torch.Tensor, repeats: in
     """Median wall time in seconds of inference forward passes of each network on ``x``.
 
     The networks take turns within every repeat (after one warm-up pass each), so a change in the machine's load
-    during the measurement affects all of them alike and their ratios stay comparable.
+    affects all of them alike and their ratios stay comparable (:func:`scripts.benchmark.time_interleaved`).
     """
-    times: dict[str, list[float]] = {name: [] for name in nets}
-    with torch.inference_mode():
-        for net in nets.values():
-            net.eval()
-            net(x)
-        for _ in range(repeats):
-            for name, net in nets.items():
-                t0 = time.perf_counter()
-                net(x)
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return time_interleaved({name: inference_step(net.eval(), x) for name, net in nets.items()}, repeats, x.device)
 
 
 def main(argv: list[str] | None = None) -> None:
