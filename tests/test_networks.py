@@ -61,6 +61,18 @@ def test_se_blocks_match_paper_equations(spatial_dims):
     assert torch.allclose(sse(u), _sse_reference(sse, u), atol=1e-5)
     expected_sum = _cse_reference(scse.cse, u) + _sse_reference(scse.sse, u)
     assert torch.allclose(scse(u), expected_sum, atol=1e-5)
+    u_before = u.clone()
+    with torch.inference_mode():  # the path that writes into the gate's buffer
+        assert torch.allclose(scse(u), expected_sum, atol=1e-5)
+    assert torch.equal(u, u_before)
+    # gradients through the fast sSE squeeze (a matrix-vector product) match the equations' own
+    u_grad = u.clone().requires_grad_()
+    w = scse.sse.squeeze.weight
+    got = torch.autograd.grad(scse(u_grad).square().sum(), (u_grad, w))
+    want = torch.autograd.grad(
+        (_cse_reference(scse.cse, u_grad) + _sse_reference(scse.sse, u_grad)).square().sum(), (u_grad, w)
+    )
+    assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(got, want))
     expected_max = torch.maximum(_cse_reference(scse_max.cse, u), _sse_reference(scse_max.sse, u))
     assert torch.allclose(scse_max(u), expected_max, atol=1e-5)
     assert isinstance(get_se_block("none", spatial_dims, c), nn.Identity)

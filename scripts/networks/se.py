@@ -41,9 +41,23 @@ class SpatialSELayer(nn.Module):
         super().__init__()
         self.squeeze = Conv[Conv.CONV, spatial_dims](in_channels, 1, kernel_size=1)
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The squeeze ``q = W_sq * U + b`` at every location: ``(N, C, *spatial) -> (N, 1, *spatial)``.
+
+        Computed as a matrix-vector product rather than by calling the 1x1 convolution: the same weights and sum,
+        but oneDNN's convolution with one output channel is about 14x slower on a CPU (18.4 vs 1.3 ms for a
+        4 x 64 x 256 x 256 fp32 input on 2 cores), which made sSE a visible part of a full-resolution block.
+        """
+        weight = self.squeeze.weight.view(-1)  # (C,)
+        q = torch.matmul(weight, x.flatten(2))  # (C,) @ (N, C, P) -> (N, P)
+        bias = self.squeeze.bias
+        if bias is not None:  # always set; the check is for TorchScript's Optional
+            q = q + bias
+        return q.view([x.shape[0], 1] + list(x.shape[2:]))  # noqa: RUF005 (TorchScript cannot star-unpack a list)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (N, 1, *spatial) broadcasts over the channels
-        return x * torch.sigmoid(self.squeeze(x))
+        return x * torch.sigmoid(self.project(x))
 
 
 class ChannelSpatialSELayer(nn.Module):
@@ -79,8 +93,12 @@ class ChannelSpatialSELayer(nn.Module):
         # The channel gate is computed by the layers of MONAI's ChannelSELayer itself.
         b, c = x.shape[0], x.shape[1]
         channel_gate = self.cse.fc(self.cse.avg_pool(x).view(b, c)).view([b, c] + [1] * (x.dim() - 2))
-        spatial_gate = torch.sigmoid(self.sse.squeeze(x))
-        return x * (channel_gate + spatial_gate)
+        gate = channel_gate + torch.sigmoid(self.sse.project(x))
+        if torch.is_grad_enabled():
+            return x * gate
+        # without autograd the gate's full-size buffer is reused for the output: one fewer allocation of a feature
+        # map, whose fresh pages cost the CPU more than the multiplication itself
+        return gate.mul_(x)
 
 
 def get_se_block(se: str, spatial_dims: int, in_channels: int, r: int = 2, mode: str = "sum") -> nn.Module:
