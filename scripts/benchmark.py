@@ -39,6 +39,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from .allocator import find_tcmalloc, loaded_allocator
 from .inference import _DTYPES, PRECISIONS, native_bf16, resolve_precision
 from .outputs import atomic_write
 
@@ -125,7 +126,15 @@ def _flops_per_slice(configs: list[str], overrides: list[str], slice_shape: tupl
 
 def volume(args: argparse.Namespace) -> None:
     configs = [os.path.join(ROOT, "configs", "inference.yaml"), *args.config]
-    print(f"CPU: {cpu_kind()}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}")
+    tcmalloc = None
+    if args.tcmalloc:
+        tcmalloc = find_tcmalloc() if args.tcmalloc == "auto" else args.tcmalloc
+        if tcmalloc is None or not os.path.isfile(tcmalloc):
+            raise SystemExit(f"--tcmalloc: {args.tcmalloc!r} not found; python -m scripts.allocator says how to get it")
+    print(
+        f"CPU: {cpu_kind()}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
+        f"allocator: {loaded_allocator()}"
+    )
     peaks = {"fp32": matmul_gflops(torch.float32)}
     if native_bf16():
         peaks["bf16"] = matmul_gflops(torch.bfloat16)
@@ -148,7 +157,16 @@ def volume(args: argparse.Namespace) -> None:
                 "--onnx_file",
                 os.path.abspath(args.onnx),
             ]
+        preload = {}  # setting -> the library its process starts with (LD_PRELOAD)
+        if tcmalloc:
+            for setting in list(settings):
+                if setting != "plain fp32":
+                    settings[f"{setting} + tcmalloc"] = settings[setting]
+                    preload[f"{setting} + tcmalloc"] = tcmalloc
         for index, (setting, overrides) in enumerate(settings.items()):
+            env = dict(os.environ)
+            if setting in preload:
+                env["LD_PRELOAD"] = preload[setting]
             out = os.path.join(scratch, f"out{index}")
             extra = [*overrides, *args.overrides]
             command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(configs),
@@ -158,7 +176,7 @@ def volume(args: argparse.Namespace) -> None:
             for _ in range(args.repeats):
                 with tempfile.TemporaryFile("w+") as log:
                     start = time.perf_counter()
-                    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+                    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
                     _, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory
                     walls.append(time.perf_counter() - start)
                     if os.waitstatus_to_exitcode(status) != 0:
@@ -316,7 +334,7 @@ def peers(args: argparse.Namespace) -> None:
         where = f"GPU: {torch.cuda.get_device_name(device)}"
     else:
         where = f"CPU: {cpu_kind()}; torch threads: {torch.get_num_threads()}"
-    print(f"{where}; torch {torch.__version__}; precision {args.precision}")
+    print(f"{where}; torch {torch.__version__}; precision {args.precision}; allocator: {loaded_allocator()}")
     dtype = torch.float32 if args.precision == "fp32" else _DTYPES[args.precision]
     peak = matmul_gflops(dtype, device=device)
     print(f"matmul peak ({args.precision}, 4096^2, median of 5): {peak:.0f} GFLOP/s")
@@ -405,6 +423,12 @@ def main(argv: list[str] | None = None) -> None:
     vol.add_argument("--config", action="append", default=[], help="configs merged over inference.yaml")
     vol.add_argument("--onnx", help="the network's ONNX export, to time ONNX Runtime too (configs/onnx_export.yaml)")
     vol.add_argument("--repeats", type=int, default=1, help="runs per setting (median wall time)")
+    vol.add_argument(
+        "--tcmalloc",
+        nargs="?",
+        const="auto",
+        help="also run every setting but the plain one with tcmalloc preloaded (a path, or found on the system)",
+    )
     vol.add_argument("overrides", nargs="*", help="bundle overrides after --, e.g. -- --features 32")
     peer = commands.add_parser("peers", help="our networks beside MONAI's BasicUNet and Quicknat")
     peer.add_argument("--size", type=int, default=256, help="slice size (the paper's 256)")
