@@ -14,7 +14,7 @@ from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import AsDiscreted, Compose, CropForegroundd, Invertd, Orientationd, Spacingd
 
-from scripts.aggregation import InvertProbabilitiesd, MultiViewInferer
+from scripts.aggregation import InvertProbabilitiesd, MultiViewInferer, axis_aligned_map, axis_aligned_resample
 from scripts.errors import InputError
 from scripts.networks import get_network
 
@@ -33,7 +33,9 @@ def case():
     shape = (30, 28, 26)
     labels = _ball_labels(shape)
     affine = torch.tensor([[-1.0, 0, 0, 5], [0, 0, 1.0, -3], [0, -1.0, 0, 7], [0, 0, 0, 1]])  # LIA-like
-    image = MetaTensor(torch.as_tensor(labels[None] * 0.3 + 0.1, dtype=torch.float32), affine=affine)
+    # the meta LoadImaged gives: the file's affine and shape, which the separable inversion maps back to
+    meta = {"original_affine": affine.double(), "spatial_shape": np.array(shape)}
+    image = MetaTensor(torch.as_tensor(labels[None] * 0.3 + 0.1, dtype=torch.float32), affine=affine, meta=meta)
     preprocessing = Compose(
         [
             Orientationd(keys="image", axcodes="RAS", labels=None),
@@ -74,6 +76,51 @@ def test_interpolated_probabilities_fit_the_fine_labels_better_than_nearest_labe
     assert (soft == labels).mean() >= (hard == labels).mean()
     # outside the crop every class had probability 0: background
     assert soft[0, 0, 0] == 0
+
+
+def _invertd_probabilities(preprocessing, data, probs):
+    return Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False)(
+        {**data, "pred": MetaTensor(probs.clone())}
+    )["pred"]
+
+
+@pytest.mark.parametrize("pixdim", [(2.0, 2.0, 2.0), (0.7, 1.3, 1.0)])
+def test_separable_inversion_gives_invertds_probabilities(pixdim):
+    shape = (30, 28, 26)
+    affine = torch.tensor([[0, 0, -1.2, 5], [1.1, 0, 0, -3], [0, -0.9, 0, 7], [0, 0, 0, 1]], dtype=torch.float64)
+    meta = {"original_affine": affine, "spatial_shape": np.array(shape)}
+    image = MetaTensor(torch.as_tensor(_ball_labels(shape)[None] * 0.3 + 0.1, dtype=torch.float32), affine=affine,
+                       meta=meta)  # fmt: skip
+    preprocessing = Compose(
+        [
+            Orientationd(keys="image", axcodes="RAS", labels=None),
+            Spacingd(keys="image", pixdim=pixdim, mode="bilinear"),
+            CropForegroundd(keys="image", source_key="image", select_fn=lambda x: x > 0.2, margin=1),
+        ]
+    )
+    data = preprocessing({"image": image})
+    probs = torch.softmax(torch.randn(5, *data["image"].shape[1:], generator=torch.Generator().manual_seed(0)), 0)
+    axes, scales, shifts = axis_aligned_map(data["image"].affine, affine)
+    separable = axis_aligned_resample(probs, axes, scales, shifts, shape)
+    expected = _invertd_probabilities(preprocessing, data, probs)
+    assert separable.shape == expected.shape == (5, *shape)
+    assert torch.allclose(separable, torch.as_tensor(expected), atol=1e-5)
+    out = InvertProbabilitiesd(keys="pred", transform=preprocessing, chunk_size=2)({**data, "pred": probs})["pred"]
+    assert torch.equal(out.as_tensor(), torch.as_tensor(expected).argmax(0, keepdim=True))
+    assert np.allclose(out.affine, affine) and np.allclose(out.meta["original_affine"], affine)
+
+
+def test_oblique_grids_go_through_invertd(case):
+    _, image, preprocessing, data, probs = case
+    rotation = torch.eye(4, dtype=torch.float64)
+    rotation[:2, :2] = torch.tensor([[0.8, -0.6], [0.6, 0.8]])
+    with pytest.raises(ValueError, match="not axis-aligned"):
+        axis_aligned_map(data["image"].affine, rotation @ image.affine.double())
+    oblique = {**data, "image": data["image"].clone()}
+    oblique["image"].meta["original_affine"] = rotation @ image.affine.double()
+    out = InvertProbabilitiesd(keys="pred", transform=preprocessing)({**oblique, "pred": probs})["pred"]
+    expected = _invertd_probabilities(preprocessing, data, probs).argmax(0, keepdim=True)
+    assert torch.equal(out.as_tensor(), torch.as_tensor(expected))
 
 
 def test_chunk_size_is_checked(case):
