@@ -90,13 +90,16 @@ def axis_aligned_resample(
             inside = (index >= 0) & (index < n)
             view = [1] * out.ndim
             view[dim] = -1
-            weights.append((index.clamp(0, n - 1), (weight * inside).to(out.dtype).view(view)))
+            # positions are worked out on the CPU (a few hundred values); the interpolation runs where the values are
+            weights.append(
+                (index.clamp(0, n - 1).to(out.device), (weight * inside).to(out.device, out.dtype).view(view))
+            )
         (i0, w0), (i1, w1) = weights
         if dim < out.ndim - 1:
             out = torch.addcmul(out.index_select(dim, i0) * w0, out.index_select(dim, i1), w1)
         else:  # gathering along the innermost axis is 15x slower than a product with the (shape x n) weights
-            matrix = torch.zeros(shape[a], n, dtype=out.dtype)
-            rows = torch.arange(shape[a])
+            matrix = torch.zeros(shape[a], n, dtype=out.dtype, device=out.device)
+            rows = torch.arange(shape[a], device=out.device)
             matrix.index_put_((rows, i0), w0.flatten(), accumulate=True)
             matrix.index_put_((rows, i1), w1.flatten(), accumulate=True)
             out = out @ matrix.T
@@ -142,9 +145,11 @@ class InvertProbabilitiesd(MapTransform):
     def _separable(self, d: Mapping[Hashable, Any]) -> tuple[list[int], list[float], list[float], list[int]] | None:
         """The axis-aligned map from the scan's grid onto the network's, and the scan's shape; None if there is none."""
         image = d.get(self.orig_key)
-        meta = image.meta if isinstance(image, MetaTensor) else {}
-        if image.ndim != 4 or meta.get("original_affine") is None or meta.get("spatial_shape") is None:
+        if not isinstance(image, MetaTensor) or image.ndim != 4:
             return None
+        if image.meta.get("original_affine") is None or image.meta.get("spatial_shape") is None:
+            return None
+        meta = image.meta
         try:
             axes, scales, shifts = axis_aligned_map(image.affine, meta["original_affine"])
         except ValueError:

@@ -110,6 +110,13 @@ def test_separable_inversion_gives_invertds_probabilities(pixdim):
     assert np.allclose(out.affine, affine) and np.allclose(out.meta["original_affine"], affine)
 
 
+def test_separable_inversion_runs_where_the_values_are():
+    # the meta device checks every tensor's device without computing: a CUDA run needs no CPU tensor in the mix
+    values = torch.empty(2, 5, 6, 7, device="meta")
+    out = axis_aligned_resample(values, [2, 0, 1], [0.5, 1.0, 2.0], [-1.0, 0.0, 0.5], [9, 8, 3])
+    assert out.device.type == "meta" and out.shape == (2, 9, 8, 3)
+
+
 def test_oblique_grids_go_through_invertd(case):
     _, image, preprocessing, data, probs = case
     rotation = torch.eye(4, dtype=torch.float64)
