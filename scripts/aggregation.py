@@ -14,8 +14,8 @@ holds all the classes' probabilities at once (28 classes of a 256^3 scan would b
 (orientation, spacing, crop) maps the scan's voxel grid onto the network's by a scaling, shift and permutation of
 the axes (MONAI's ``Spacing`` keeps the scan's directions), so trilinear interpolation separates into three 1D
 interpolations along the axes (:func:`axis_aligned_resample`): the same values as MONAI's ``Invertd`` (which samples
-every voxel with a general 3D ``grid_sample``) in a fifth of the time. Any other grid relation goes through
-``Invertd``.
+every voxel with a general 3D ``grid_sample``) in a third of the time (0.3 vs 1.0 s for 4 classes of a 256^3 scan).
+Any other grid relation goes through ``Invertd``.
 """
 
 from __future__ import annotations
