@@ -78,6 +78,18 @@ def test_se_blocks_match_paper_equations(spatial_dims):
     assert isinstance(get_se_block("none", spatial_dims, c), nn.Identity)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_sse_squeeze_same_on_every_device_path(spatial_dims):
+    # a CPU computes sSE's squeeze as a matrix-vector product, other devices (CUDA) with the 1x1 convolution itself:
+    # both must give Eq. 3's q; the meta device takes the non-CPU branch without a GPU
+    block = SpatialSELayer(spatial_dims, 8)
+    _randomise(block)
+    u = torch.randn(3, 8, *([5] * spatial_dims))
+    assert torch.allclose(block.project(u), block.squeeze(u), atol=1e-5)
+    on_meta = block.to("meta").project(u.to("meta"))
+    assert on_meta.device.type == "meta" and on_meta.shape == (3, 1, *([5] * spatial_dims))
+
+
 def test_se_block_parameter_counts_follow_the_paper():
     # cSE: C^2 weights (two C x C/2 layers) plus biases; sSE: C weights plus a bias.
     c = 64
