@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputError
+from ..outputs import atomic_write
 from .segmentations import pair_files
 
 __all__ = ["inverted_contrast", "main", "thick_slices", "world_axis"]
@@ -96,9 +97,7 @@ def world_axis(affine: np.ndarray, direction: str) -> int:
 def _save(data: np.ndarray, like: nib.Nifti1Image, path: str) -> None:
     out = nib.Nifti1Image(data, like.affine, like.header)
     out.set_data_dtype(np.float32)
-    tmp = path + ".partial.nii.gz"
-    nib.save(out, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda staging: nib.save(out, staging))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for tag, volume in shifted.items():
                 stem = f"{name}_{tag}"
                 _save(volume, img, os.path.join(args.out, "images", f"{stem}.nii.gz"))
-                shutil.copyfile(label_path, os.path.join(args.out, "labels", f"{stem}.nii.gz"))
+                atomic_write(
+                    os.path.join(args.out, "labels", f"{stem}.nii.gz"),
+                    lambda dst, src=label_path: shutil.copyfile(src, dst),
+                )
                 print(f"wrote {stem}")
     except (InputError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
