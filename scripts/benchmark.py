@@ -53,6 +53,7 @@ SETTINGS: dict[str, list[str]] = {
     "fp32 + channels-last + crop slices only": ["--crop_foreground", "slices"],
     "auto precision + channels-last, no crop": ["--precision", "auto", "--crop_foreground", "false"],
     "auto precision + channels-last + crop": ["--precision", "auto"],
+    "auto precision + channels-last + crop slices only": ["--precision", "auto", "--crop_foreground", "slices"],
 }
 
 
@@ -190,13 +191,13 @@ def volume(args: argparse.Namespace) -> None:
             results[setting] = (statistics.median(walls), peak, slice_shape, slices, flops)
     reference = outputs["plain fp32"]
     labels = [int(v) for v in np.unique(reference) if v != 0]
-    print(f"\n{'setting':<50} {'wall s':>7} {'peak GiB':>9} {'slices':>14} {'TFLOP':>6} {'floor s':>12} "
+    print(f"\n{'setting':<62} {'wall s':>7} {'peak GiB':>9} {'slices':>14} {'TFLOP':>6} {'floor s':>12} "
           f"{'min Dice':>9} {'mean Dice':>9}")  # fmt: skip
     for setting, (wall, peak, slice_shape, slices, flops) in results.items():
         dice = _dice(reference, outputs[setting], labels) or {0: float(np.array_equal(reference, outputs[setting]))}
         floors = "/".join(f"{flops / 1e9 / p:.0f}" for p in peaks.values())
         shape = f"{slices}x{'x'.join(map(str, slice_shape))}"
-        print(f"{setting:<50} {wall:>7.1f} {peak:>9.2f} {shape:>14} {flops / 1e12:>6.1f} {floors:>12} "
+        print(f"{setting:<62} {wall:>7.1f} {peak:>9.2f} {shape:>14} {flops / 1e12:>6.1f} {floors:>12} "
               f"{min(dice.values()):>9.4f} {np.mean(list(dice.values())):>9.4f}")  # fmt: skip
     print(
         f"\nwall: median of {args.repeats}, end to end (process start to label file written); floor: TFLOP / matmul "

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from scripts import inference
+from scripts.benchmark import SETTINGS
 from scripts.data.synthetic import generate_dataset
 from scripts.inference import AutocastInferer, FastInference, resolve_precision
 from scripts.networks import get_network
@@ -120,7 +121,7 @@ def test_volume_benchmark_prints_every_setting(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("CPU: ") and "matmul peak" in lines[1]
     rows = [line for line in lines if line.startswith(("plain fp32", "default (", "fp32 +", "auto precision", "onnxr"))]
-    assert len(rows) == 6
+    assert len(rows) == len(SETTINGS) + 1  # and ONNX Runtime
     assert rows[2].split()[-2:] == ["1.0000", "1.0000"]  # whole slices through the head: the plain path's labels
     plain = rows[0].split()
     assert plain[-2:] == ["1.0000", "1.0000"]  # the reference against itself
