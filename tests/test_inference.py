@@ -12,11 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.inferers import SliceInferer
 
 from scripts import inference
 from scripts.benchmark import SETTINGS
 from scripts.data.synthetic import generate_dataset
-from scripts.inference import AutocastInferer, FastInference, resolve_precision
+from scripts.inference import ArgmaxInferer, AutocastInferer, FastInference, resolve_precision
 from scripts.networks import get_network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +85,10 @@ def test_cropped_fast_inference_gives_the_plain_labels_on_the_input_grid(tmp_pat
     plain, fast = (nib.load(str(tmp_path / k / "head_seg.nii.gz")) for k in ("plain", "fast"))
     assert fast.shape == plain.shape == padded.shape and np.allclose(fast.affine, source.affine)
     a, b = np.asarray(plain.dataobj), np.asarray(fast.dataobj)
+    # the argmax of every batch of slices (the default here) gives the labels of the argmax of the stitched logits
+    _run("run", "inference", "--config_file", INFERENCE, *common, "--output_dir", str(tmp_path / "logits"),
+         *plain_path, "--argmax_in_inferer", "false", cwd=str(tmp_path))  # fmt: skip
+    assert np.array_equal(np.asarray(nib.load(str(tmp_path / "logits" / "head_seg.nii.gz")).dataobj), a)
     assert len(np.unique(a)) > 2  # a real segmentation, not background everywhere
     # where the head is (the crop's foreground, scaled as load_transforms scales it), the labels are the plain ones;
     # outside the crop the fast path says background, wherever a barely trained network might see structures in air
@@ -101,6 +106,18 @@ def test_cropped_fast_inference_gives_the_plain_labels_on_the_input_grid(tmp_pat
     beyond_margin = np.ones(through_head.size, dtype=bool)
     beyond_margin[max(first - 8, 0) : last + 9] = False  # crop_margin: 8
     assert not c[..., beyond_margin].any()
+
+
+def test_argmax_inferer_stitches_the_labels_of_the_stitched_logits():
+    torch.manual_seed(0)
+    net = get_network("unet", "scse", spatial_dims=2, out_channels=5, features=4).eval()
+    volume = torch.randn(1, 1, 24, 16, 20)
+    slices = SliceInferer(spatial_dim=2, roi_size=(-1, -1), sw_batch_size=7, progress=False)
+    with torch.no_grad():
+        logits = slices(volume, net)
+        labels = ArgmaxInferer(slices)(volume, net)
+    assert labels.shape == (1, 1, 24, 16, 20) and labels.dtype == torch.float32
+    assert torch.equal(labels, logits.argmax(dim=1, keepdim=True).float())
 
 
 def test_volume_benchmark_prints_every_setting(tmp_path):
