@@ -38,6 +38,7 @@ __all__ = [
     "AutocastInferer",
     "FastInference",
     "OnnxRuntimeNetwork",
+    "argmax_in_inferer",
     "check_model",
     "foreground_crop",
     "inference_network",
@@ -170,6 +171,29 @@ class ArgmaxInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         return self.inferer(inputs, _Argmax(network), *args, **kwargs)
+
+
+def argmax_in_inferer(requested: object, interpolate: bool, views: object) -> bool:
+    """Whether :class:`ArgmaxInferer` takes the labels per batch of slices (the ``argmax_in_inferer`` option).
+
+    Args:
+        requested: ``"auto"`` (whenever it gives the same labels), ``true`` or ``false``.
+        interpolate: whether the class probabilities are interpolated to the scan's grid (they are needed whole).
+        views: the other views' models (their probabilities are averaged, so they are needed whole).
+
+    Raises:
+        InputError: ``true`` with probability interpolation or several views, which need every class's values.
+    """
+    possible = not interpolate and not views
+    if str(requested).lower() == "auto":
+        return possible
+    wanted = as_bool(requested, "argmax_in_inferer")
+    if wanted and not possible:
+        raise InputError(
+            "--argmax_in_inferer true needs one view whose labels are inverted with nearest neighbours; with "
+            "interpolate_probabilities true or --views every class's probability is needed: use auto or false"
+        )
+    return wanted
 
 
 class OnnxRuntimeNetwork(nn.Module):

@@ -17,7 +17,14 @@ from monai.inferers import SliceInferer
 from scripts import inference
 from scripts.benchmark import SETTINGS
 from scripts.data.synthetic import generate_dataset
-from scripts.inference import ArgmaxInferer, AutocastInferer, FastInference, resolve_precision
+from scripts.errors import InputError
+from scripts.inference import (
+    ArgmaxInferer,
+    AutocastInferer,
+    FastInference,
+    argmax_in_inferer,
+    resolve_precision,
+)
 from scripts.networks import get_network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +125,16 @@ def test_argmax_inferer_stitches_the_labels_of_the_stitched_logits():
         labels = ArgmaxInferer(slices)(volume, net)
     assert labels.shape == (1, 1, 24, 16, 20) and labels.dtype == torch.float32
     assert torch.equal(labels, logits.argmax(dim=1, keepdim=True).float())
+
+
+def test_argmax_in_inferer_only_where_it_gives_the_same_labels():
+    assert argmax_in_inferer("auto", interpolate=False, views={}) is True
+    assert argmax_in_inferer("auto", interpolate=True, views={}) is False
+    assert argmax_in_inferer("auto", interpolate=False, views={2: "axial.pt"}) is False
+    assert argmax_in_inferer("false", interpolate=False, views={}) is False
+    for interpolate, views in ((True, {}), (False, {2: "axial.pt"})):
+        with pytest.raises(InputError, match="argmax_in_inferer"):
+            argmax_in_inferer(True, interpolate=interpolate, views=views)
 
 
 def test_volume_benchmark_prints_every_setting(tmp_path):

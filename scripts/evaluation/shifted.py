@@ -36,7 +36,8 @@ __all__ = ["inverted_contrast", "main", "thick_slices", "world_axis"]
 
 
 def inverted_contrast(image: np.ndarray, head_fraction: float = 0.05, high_percentile: float = 99.5) -> np.ndarray:
-    """Reverse the intensities inside the head: ``high - x`` where ``x > head_fraction * high``, 0 elsewhere.
+    """Reverse the intensities inside the head: ``high - x + head_fraction * high`` where ``x > head_fraction * high``
+    (the offset keeps every head voxel above the background), 0 elsewhere.
 
     Args:
         image: a 3D intensity volume.
@@ -115,10 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, image_path, label_path in pairs:
             img = nib.load(image_path)
             data = np.asarray(img.dataobj, dtype=np.float32)
-            axis = world_axis(img.affine, args.direction)
-            voxel = float(img.header.get_zooms()[axis])
-            k = max(1, round(args.thickness_mm / voxel))
-            shifted = {"inverted": inverted_contrast(data), f"thick{k * voxel:g}mm": thick_slices(data, axis, k)}
+            try:
+                axis = world_axis(img.affine, args.direction)
+                voxel = float(img.header.get_zooms()[axis])
+                k = max(1, round(args.thickness_mm / voxel))
+                shifted = {"inverted": inverted_contrast(data), f"thick{k * voxel:g}mm": thick_slices(data, axis, k)}
+            except InputError as err:
+                raise InputError(f"{image_path}: {err}") from None
             for tag, volume in shifted.items():
                 stem = f"{name}_{tag}"
                 _save(volume, img, os.path.join(args.out, "images", f"{stem}.nii.gz"))
