@@ -252,23 +252,25 @@ def test_brain27_from_images_with_aseg_labels(tmp_path):
 REAL_T1 = os.path.join(SHARED, "real_t1_aseg")
 SHIPPED = os.path.join(os.path.dirname(CONFIGS), "models", "brain27", "model.pt")
 SHIPPED_AXIAL = os.path.join(os.path.dirname(CONFIGS), "models", "brain27", "axial", "model.pt")
+SHIPPED_SAGITTAL = os.path.join(os.path.dirname(CONFIGS), "models", "brain27", "sagittal", "model.pt")
 MIN_REAL_DICE = 0.7  # the shipped weights measured 0.777 on mne_sample_3mm (docs/README.md)
 
 
-@pytest.mark.parametrize("views", [False, True], ids=["coronal", "coronal+axial"])
+@pytest.mark.parametrize("views", [False, True], ids=["coronal", "coronal+sagittal+axial"])
 def test_the_shipped_brain_model_segments_a_scan_in_any_orientation(tmp_path, views):
-    """The inference command of the README with no other flag (and with the shipped axial view), on a head in an
-    oblique-free but unusual orientation (LPI-like axes, anisotropic voxels): labels on the input's own grid."""
+    """The inference command of the README with no other flag (and with the shipped sagittal and axial views), on a
+    head in an oblique-free but unusual orientation (LPI-like axes, anisotropic voxels): labels on the input's grid."""
     from scripts.data.synthetic import generate_subject
 
-    assert os.path.isfile(SHIPPED) and os.path.isfile(SHIPPED_AXIAL), "the shipped weights must be committed"
+    shipped = (SHIPPED, SHIPPED_AXIAL, SHIPPED_SAGITTAL)
+    assert all(os.path.isfile(f) for f in shipped), "the shipped weights must be committed"
     image, _ = generate_subject(0, shape=(48, 40, 36), seed=1)
     affine = np.array([[-1.2, 0, 0, 30], [0, 0, -1.5, 20], [0, -1.0, 0, 40], [0, 0, 0, 1]])
     scans = tmp_path / "scans"
     scans.mkdir()
     _volume(str(scans / "head.nii.gz"), image.astype(np.float32), affine)
     config = f"['{INFERENCE}','{BRAIN}']"
-    extra = ["--views", f"{{2: '{SHIPPED_AXIAL}'}}"] if views else []
+    extra = ["--views", f"{{0: '{SHIPPED_SAGITTAL}', 2: '{SHIPPED_AXIAL}'}}"] if views else []
     bundle("run", "inference", "--config_file", config, "--dataset_dir", str(scans), "--output_dir",
            str(tmp_path / "out"), *extra, cwd=str(tmp_path))  # fmt: skip
     seg = nib.load(str(tmp_path / "out" / "head_seg.nii.gz"))
