@@ -62,6 +62,8 @@ def test_cli_writes_shifted_scans_on_the_same_grid(tmp_path, capsys):
         assert os.path.exists(out / "labels" / f"head_{tag}.nii.gz")
     assert main(["--images", str(tmp_path / "missing"), "--labels", str(labels), "--out", str(out)]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    assert main(["--images", str(images), "--labels", str(labels), "--out", str(out), "--thickness_mm", "0"]) == 2
+    assert "--thickness_mm must be a positive" in capsys.readouterr().err
     # an empty scan: one line naming the file
     nib.save(nib.Nifti1Image(np.zeros_like(data), affine), str(images / "head.nii.gz"))
     assert main(["--images", str(images), "--labels", str(labels), "--out", str(out)]) == 2

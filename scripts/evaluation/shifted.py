@@ -110,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--direction", default="S", help="world direction across the thick slices (S: axial)")
     args = parser.parse_args(argv)
     try:
+        if not args.thickness_mm > 0:
+            raise InputError(f"--thickness_mm must be a positive slice thickness in mm, got {args.thickness_mm}")
         pairs = pair_files(args.images, args.labels, suffix="")
         for sub in ("images", "labels"):
             os.makedirs(os.path.join(args.out, sub), exist_ok=True)

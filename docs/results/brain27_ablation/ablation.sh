@@ -8,7 +8,7 @@
 # INITIAL_WEIGHTS: phase 1's epoch-10 snapshot of the shipped model (models/brain27/snapshots/model_epoch0010.pt
 # after phase 1's command of docs/README.md; 20,000 slices with every part on). Each variant trains EPOCHS (default
 # 3) epochs of 150 batches of 32 slices at lr 0.01 with the brain profile, "removing" one part by giving it the value
-# it has without domain randomisation (domain_randomisation: false), validates once at the end, then segments
+# it has without domain randomisation (domain_randomisation: false; the `synthesis` values, referenced), validates once at the end, then segments
 # ../shared/data/real_t1_aseg/images and the shifted copies with the last epoch's network and scores them against
 # the asegs. Finished steps of a variant (snapshot, dice/, dice_shifted/) are kept, so a rerun continues. The table:
 # python docs/results/brain27_ablation/summarise.py OUT_DIR. Run it alone on the machine (2 threads).
@@ -20,18 +20,19 @@ REAL=../shared/data/real_t1_aseg
 declare -A V=(
   [all]=""
   [none]="--domain_randomisation false"
-  [t1_prior]="--randomisation#tissue_means_prob 1.0 --randomisation#std_range [1.0,5.0]"
+  [t1_prior]="--randomisation#tissue_means_prob 1.0 --randomisation#std_range @synthesis#std_range"
   [no_strip]="--randomisation#strip_prob 0.0"
   [no_resolution]="--randomisation#resolution_prob 0.0"
-  [no_spatial]="--randomisation#rotate_degrees 15 --randomisation#scale 0.1 --randomisation#translate 0"
-  [no_gamma_bias]="--randomisation#gamma_std 0.0 --randomisation#bias_std 0.2"
+  [no_spatial]="--randomisation#rotate_degrees @synthesis#rotate_degrees --randomisation#scale @synthesis#scale --randomisation#translate 0"
+  [no_gamma_bias]="--randomisation#gamma_std 0.0 --randomisation#bias_std @synthesis#bias_std"
   [no_flip]="--randomisation#flip_prob 0.0"
   [all_seed1]="--seed 1"
 )
 ORDER=(all none t1_prior no_strip no_resolution no_spatial no_gamma_bias no_flip all_seed1)
 [ $# -gt 0 ] && ORDER=("$@")
-[ -d "$OUT/shifted/images" ] || $PY -m scripts.evaluation.shifted --images $REAL/images --labels $REAL/labels \
-  --out "$OUT/shifted" > /dev/null || { echo "could not write the shifted scans into $OUT/shifted" >&2; exit 1; }
+# written again every time (seconds, each file atomically), so a run killed while writing them leaves none missing
+$PY -m scripts.evaluation.shifted --images $REAL/images --labels $REAL/labels --out "$OUT/shifted" > /dev/null ||
+  { echo "could not write the shifted scans into $OUT/shifted" >&2; exit 1; }
 
 segment_and_score() {  # network, images, labels, output folder
   $PY -m monai.bundle run inference --config_file "['configs/inference.yaml','configs/data/brain27.yaml']" \
