@@ -4,6 +4,8 @@ Several views (QuickNAT, FastSurfer): :class:`MultiViewInferer` runs 2D networks
 axial slices over the same volume and averages their class probabilities (weighted), which smooths each view's
 errors across the slices it never sees together. A sagittal slice cannot tell left from right, so a view without a
 left-right axis gives each left/right pair its mean probability and leaves the side to the other views.
+Test-time mirroring (``mirror``, as nnU-Net): each view also segments the volume mirrored left to right, and those
+probabilities, mirrored back with the left and right classes swapped, are averaged with the unmirrored ones.
 
 To the input's grid: a model working on coarser voxels than the scan (the shipped
 brain model: 2 mm) gives smooth boundaries on the scan's own 1 mm grid when its class probabilities are interpolated
@@ -205,6 +207,9 @@ class MultiViewInferer(Inferer):
         sw_batch_size: slices per forward pass.
         wrap: callable turning a network into the module to run (e.g. :class:`scripts.inference.FastInference`
             settings); ``None`` runs it as it is.
+        mirror: also segment the volume mirrored along :data:`LEFT_RIGHT_AXIS` and average (twice the network time
+            for every view but a sagittal one, which sees the same slices mirrored and gains nothing). For anatomy
+            that is left-right symmetric up to the ``left_right_pairs`` (the brain), not for an abdomen.
 
     Returns (``__call__``):
         the log of the mean probabilities, ``(N, classes, H, W, D)`` float32: a softmax or an argmax of it gives the
@@ -220,6 +225,7 @@ class MultiViewInferer(Inferer):
         left_right_pairs: Sequence[Sequence[int]] = (),
         sw_batch_size: int = 16,
         wrap=None,
+        mirror: bool = False,
     ) -> None:
         super().__init__()
         self.slice_axis = int(slice_axis)
@@ -244,10 +250,24 @@ class MultiViewInferer(Inferer):
         self.weights = {a: (raw[a] if raw else 1.0) / total for a in axes}
         self.pairs = [(int(left), int(right)) for left, right in left_right_pairs]
         self.sw_batch_size = int(sw_batch_size)
+        self.mirror = bool(mirror)
+
+    def _swap_sides(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The probabilities with every ``[left, right]`` pair of classes exchanged (a new tensor)."""
+        order = list(range(probabilities.shape[1]))
+        for left, right in self.pairs:
+            order[left], order[right] = right, left
+        return probabilities[:, order]
 
     def _probabilities(self, inputs: torch.Tensor, network, axis: int) -> torch.Tensor:
         inferer = SliceInferer(spatial_dim=axis, roi_size=(-1, -1), sw_batch_size=self.sw_batch_size, progress=False)
         probabilities = torch.softmax(torch.as_tensor(inferer(inputs, network)).float(), dim=1)
+        if self.mirror and axis != LEFT_RIGHT_AXIS:
+            side = 2 + LEFT_RIGHT_AXIS  # (N, C, *spatial)
+            mirrored = torch.as_tensor(inferer(torch.flip(inputs, dims=(side,)), network)).float()
+            mirrored = self._swap_sides(torch.softmax(mirrored, dim=1).flip(side))
+            probabilities = probabilities.add_(mirrored).mul_(0.5)
+            del mirrored
         if axis == LEFT_RIGHT_AXIS and self.pairs:
             for left, right in self.pairs:
                 mean = (probabilities[:, left] + probabilities[:, right]) / 2

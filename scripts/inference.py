@@ -173,25 +173,28 @@ class ArgmaxInferer(Inferer):
         return self.inferer(inputs, _Argmax(network), *args, **kwargs)
 
 
-def argmax_in_inferer(requested: object, interpolate: bool, views: object) -> bool:
+def argmax_in_inferer(requested: object, interpolate: bool, views: object, mirror: bool = False) -> bool:
     """Whether :class:`ArgmaxInferer` takes the labels per batch of slices (the ``argmax_in_inferer`` option).
 
     Args:
         requested: ``"auto"`` (whenever it gives the same labels), ``true`` or ``false``.
         interpolate: whether the class probabilities are interpolated to the scan's grid (they are needed whole).
         views: the other views' models (their probabilities are averaged, so they are needed whole).
+        mirror: whether test-time mirroring averages probabilities (needed whole, as for views).
 
     Raises:
-        InputError: ``true`` with probability interpolation or several views, which need every class's values.
+        InputError: ``true`` with probability interpolation, several views or mirroring, which need every class's
+            values.
     """
-    possible = not interpolate and not views
+    possible = not interpolate and not views and not mirror
     if str(requested).lower() == "auto":
         return possible
     wanted = as_bool(requested, "argmax_in_inferer")
     if wanted and not possible:
         raise InputError(
-            "--argmax_in_inferer true needs one view whose labels are inverted with nearest neighbours; with "
-            "interpolate_probabilities true or --views every class's probability is needed: use auto or false"
+            "--argmax_in_inferer true needs one unmirrored view whose labels are inverted with nearest neighbours; "
+            "with interpolate_probabilities true, --views or --mirror true every class's probability is needed: "
+            "use auto or false"
         )
     return wanted
 

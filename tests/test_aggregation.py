@@ -172,6 +172,33 @@ def test_a_sagittal_view_leaves_the_side_to_the_other_views(tmp_path):
     assert torch.allclose(out.sum(1), torch.ones(1, 16, 20, 24), atol=1e-5)
 
 
+def _mirrored(x: torch.Tensor, pairs: list[list[int]]) -> torch.Tensor:
+    """x mirrored along the left-right axis (spatial axis 0), and for probabilities, each pair's classes swapped."""
+    x = torch.flip(x, dims=(2,))
+    order = list(range(x.shape[1]))
+    for left, right in pairs:
+        order[left], order[right] = right, left
+    return x[:, order] if x.shape[1] > 1 else x
+
+
+def test_mirroring_averages_the_mirrored_scan_back_with_sides_swapped(tmp_path):
+    net, pairs = _saved_net(tmp_path / "a.pt", 0), [[1, 3]]
+    x = torch.rand(1, 1, 16, 20, 24)
+    with torch.no_grad():
+        out = MultiViewInferer(1, {}, net, left_right_pairs=pairs, mirror=True)(x, net).exp()
+        of_mirrored = MultiViewInferer(1, {}, net, left_right_pairs=pairs, mirror=True)(_mirrored(x, []), net).exp()
+        plain_of_mirrored = MultiViewInferer(1, {}, net, left_right_pairs=pairs)(_mirrored(x, []), net).exp()
+    expected = (_single_view(net, x, 1) + _mirrored(_single_view(net, _mirrored(x, []), 1), pairs)) / 2
+    assert torch.allclose(out, expected, atol=1e-5)
+    # mirroring the scan mirrors the segmentation, left and right swapped: exactly, unlike one pass of the network
+    assert torch.allclose(of_mirrored, _mirrored(out, pairs), atol=1e-5)
+    assert not torch.allclose(plain_of_mirrored, _mirrored(_single_view(net, x, 1), pairs), atol=1e-3)
+    # a sagittal view sees the same slices mirrored: the same probabilities, one pass
+    with torch.no_grad():
+        sagittal = MultiViewInferer(0, {}, net, left_right_pairs=pairs, mirror=True)(x, net)
+        assert torch.allclose(sagittal, MultiViewInferer(0, {}, net, left_right_pairs=pairs)(x, net))
+
+
 def test_views_are_checked(tmp_path):
     net = _saved_net(tmp_path / "a.pt", 0)
     with pytest.raises(ValueError, match="view axis"):
@@ -185,7 +212,8 @@ def test_views_are_checked(tmp_path):
         MultiViewInferer(1, {2: str(tmp_path / "a.pt")}, other)
 
 
-def test_the_inference_config_runs_several_views(tmp_path):
+@pytest.mark.parametrize("options", [["--views", "sagittal"], ["--mirror", "true"]], ids=["views", "mirror"])
+def test_the_inference_config_runs_several_views(tmp_path, options):
     image = (
         np.random.default_rng(0).random((24, 20, 16)).astype(np.float32)
         + np.pad(np.ones((12, 10, 8)), 6)[:24, :20, :16]
@@ -198,8 +226,8 @@ def test_the_inference_config_runs_several_views(tmp_path):
     _saved_net(tmp_path / "sagittal.pt", 1, classes=28)
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", "configs/inference.yaml",
            "--dataset_dir", str(scans), "--checkpoint", str(tmp_path / "axial.pt"), "--features", "4",
-           "--views", f"{{0: '{tmp_path / 'sagittal.pt'}'}}", "--output_dir", str(tmp_path / "out"),
-           "--interpolate_probabilities", "true"]  # fmt: skip
+           "--output_dir", str(tmp_path / "out"), "--interpolate_probabilities", "true"]  # fmt: skip
+    cmd += [f"{{0: '{tmp_path / 'sagittal.pt'}'}}" if o == "sagittal" else o for o in options]
     result = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     out = nib.load(str(tmp_path / "out" / "head_seg.nii.gz"))

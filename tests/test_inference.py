@@ -131,10 +131,11 @@ def test_argmax_in_inferer_only_where_it_gives_the_same_labels():
     assert argmax_in_inferer("auto", interpolate=False, views={}) is True
     assert argmax_in_inferer("auto", interpolate=True, views={}) is False
     assert argmax_in_inferer("auto", interpolate=False, views={2: "axial.pt"}) is False
+    assert argmax_in_inferer("auto", interpolate=False, views={}, mirror=True) is False
     assert argmax_in_inferer("false", interpolate=False, views={}) is False
-    for interpolate, views in ((True, {}), (False, {2: "axial.pt"})):
+    for interpolate, views, mirror in ((True, {}, False), (False, {2: "axial.pt"}, False), (False, {}, True)):
         with pytest.raises(InputError, match="argmax_in_inferer"):
-            argmax_in_inferer(True, interpolate=interpolate, views=views)
+            argmax_in_inferer(True, interpolate=interpolate, views=views, mirror=mirror)
 
 
 def test_volume_benchmark_prints_every_setting(tmp_path):
