@@ -213,7 +213,7 @@ def test_views_are_checked(tmp_path):
 
 
 @pytest.mark.parametrize("options", [["--views", "sagittal"], ["--mirror", "true"]], ids=["views", "mirror"])
-def test_the_inference_config_runs_several_views(tmp_path, options):
+def test_the_inference_config_runs_several_views_or_mirroring(tmp_path, options):
     image = (
         np.random.default_rng(0).random((24, 20, 16)).astype(np.float32)
         + np.pad(np.ones((12, 10, 8)), 6)[:24, :20, :16]
