@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from .allocator import find_tcmalloc, loaded_allocator
-from .inference import _DTYPES, PRECISIONS, native_bf16, resolve_precision
+from .errors import as_bool
+from .inference import _DTYPES, PRECISIONS, FastInference, native_bf16, resolve_precision
 from .outputs import atomic_write
 
 __all__ = ["SETTINGS", "cpu_kind", "inference_step", "main", "matmul_gflops", "peer_networks", "time_interleaved"]
@@ -251,12 +252,16 @@ def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, device:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def inference_step(net: torch.nn.Module, x: torch.Tensor, precision: str = "fp32") -> Callable[[], None]:
-    """One inference forward pass of ``net`` on ``x`` (autocast unless ``precision`` is fp32), for timing."""
+def inference_step(
+    net: torch.nn.Module, x: torch.Tensor, precision: str = "fp32", channels_last: bool = False
+) -> Callable[[], None]:
+    """One inference forward pass of ``net`` on ``x`` as the inference config runs it (``FastInference``: autocast
+    unless ``precision`` is fp32, channels-last memory if asked, which converts ``net`` in place), for timing."""
+    fast = FastInference(net, precision, channels_last, x.device)
 
     def step() -> None:
-        with torch.inference_mode(), _autocast(x.device, precision):
-            net(x)
+        with torch.inference_mode():
+            fast(x)
 
     return step
 
@@ -290,8 +295,8 @@ def _peer_memory(args: argparse.Namespace, name: str) -> float:
         x = torch.randn(args.batch, 1, args.size, args.size, device=device)
         y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
         torch.cuda.reset_peak_memory_stats(device)
-        inference_step(net.eval(), x, args.precision)()
-        _training_step(net.train(), x, y, args.precision)()
+        inference_step(net.eval(), x, args.precision, args.channels_last)()
+        _training_step(net.train().to(memory_format=torch.contiguous_format), x, y, args.precision)()
         return torch.cuda.max_memory_allocated(device) / 2**30
     command = [sys.executable, "-m", "scripts.benchmark", "peers", "--_memory_of", name,
                *[f"--{k}={v}" for k, v in vars(args).items() if k in _PEER_OPTIONS]]  # fmt: skip
@@ -313,7 +318,17 @@ def _own_peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-_PEER_OPTIONS = ("size", "features", "kernel_size", "classes", "batch", "precision", "device", "threads")
+_PEER_OPTIONS = (
+    "size",
+    "features",
+    "kernel_size",
+    "classes",
+    "batch",
+    "precision",
+    "channels_last",
+    "device",
+    "threads",
+)
 
 
 def peers(args: argparse.Namespace) -> None:
@@ -327,15 +342,19 @@ def peers(args: argparse.Namespace) -> None:
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
     if args._memory_of:  # the child process of _peer_memory: one network, one batch, one step
         net = nets[args._memory_of].to(device)
-        inference_step(net.eval(), x, args.precision)()
-        _training_step(net.train(), x, y, args.precision)()
+        inference_step(net.eval(), x, args.precision, args.channels_last)()
+        _training_step(net.train().to(memory_format=torch.contiguous_format), x, y, args.precision)()
         print(f"{_own_peak_gib():.4f}")
         return
     if device.type == "cuda":
         where = f"GPU: {torch.cuda.get_device_name(device)}"
     else:
         where = f"CPU: {cpu_kind()}; torch threads: {torch.get_num_threads()}"
-    print(f"{where}; torch {torch.__version__}; precision {args.precision}; allocator: {loaded_allocator()}")
+    memory_format = "channels-last" if args.channels_last else "contiguous"
+    print(
+        f"{where}; torch {torch.__version__}; precision {args.precision}; inference {memory_format}, training "
+        f"contiguous; allocator: {loaded_allocator()}"
+    )
     dtype = torch.float32 if args.precision == "fp32" else _DTYPES[args.precision]
     peak = matmul_gflops(dtype, device=device)
     print(f"matmul peak ({args.precision}, 4096^2, median of 5): {peak:.0f} GFLOP/s")
@@ -345,25 +364,29 @@ def peers(args: argparse.Namespace) -> None:
     )
     for net in nets.values():
         net.to(device)
-    infer = {name: inference_step(net.eval(), x, args.precision) for name, net in nets.items()}
+    infer = {name: inference_step(net.eval(), x, args.precision, args.channels_last) for name, net in nets.items()}
     infer_flops = {name: _count_flops(step) for name, step in infer.items()}
     infer_s = time_interleaved(infer, args.repeats, device)
-    train = {name: _training_step(net.train(), x, y, args.precision) for name, net in nets.items()}
-    train_flops = {name: _count_flops(step) for name, step in train.items()}
-    train_s = time_interleaved(train, args.repeats, device)
     volume_s: dict[str, float] = {}
     if args.volume_slices:
         stack = torch.randn(args.volume_slices, 1, args.size, args.size)
 
         def whole(net: torch.nn.Module) -> Callable[[], None]:
+            fast = FastInference(net.eval(), args.precision, args.channels_last, device)
+
             def run() -> None:
-                with torch.inference_mode(), _autocast(device, args.precision):
+                with torch.inference_mode():
                     for batch in stack.split(args.batch):
-                        net.eval()(batch.to(device)).argmax(1).cpu()
+                        fast(batch.to(device)).argmax(1).cpu()
 
             return run
 
         volume_s = time_interleaved({name: whole(net) for name, net in nets.items()}, 1, device)
+    # training as train.yaml runs it: contiguous (NCHW) memory
+    train = {name: _training_step(net.train().to(memory_format=torch.contiguous_format), x, y, args.precision)
+             for name, net in nets.items()}  # fmt: skip
+    train_flops = {name: _count_flops(step) for name, step in train.items()}
+    train_s = time_interleaved(train, args.repeats, device)
     memory = {name: _peer_memory(args, name) for name in nets}
     ref = "ours unet + scse"
     header = ("| network | parameters | GFLOP per slice | inference ms per slice | vs ours U-Net+scSE | GFLOP/s "
@@ -438,6 +461,12 @@ def main(argv: list[str] | None = None) -> None:
     peer.add_argument("--classes", type=int, default=28, help="28: the paper's 27 brain structures + background")
     peer.add_argument("--batch", type=int, default=4, help="slices per forward pass and per training step")
     peer.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (auto: as inference)")
+    peer.add_argument(
+        "--channels_last",
+        type=lambda v: as_bool(v, "channels_last"),
+        default=True,
+        help="inference in channels-last memory as configs/inference.yaml (training timed contiguous, as train.yaml)",
+    )
     peer.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     peer.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     peer.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")

@@ -170,7 +170,7 @@ def test_peer_benchmark_prints_ours_beside_monais_networks(tmp_path):
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("CPU: ") and "matmul peak" in lines[1]
+    assert lines[0].startswith("CPU: ") and "inference channels-last" in lines[0] and "matmul peak" in lines[1]
     table = [line for line in lines if line.startswith("| ours") or line.startswith("| MONAI")]
     names = [line.split("|")[1].strip() for line in table]
     assert names == [f"ours {a} + {se}" for a in ("unet", "sdnet", "densenet") for se in ("none", "scse")] + [

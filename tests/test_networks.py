@@ -90,6 +90,27 @@ def test_sse_squeeze_same_on_every_device_path(spatial_dims):
     assert on_meta.device.type == "meta" and on_meta.shape == (3, 1, *([5] * spatial_dims))
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_se_blocks_keep_the_input_layout_and_autocast_dtype(grad):
+    # inference runs channels-last and, with --precision bf16, under autocast: an SE block whose output came back
+    # contiguous (the broadcast gates' layout) or float32 (a float32 bias promoting the squeeze) made every later
+    # operation convert it, which cost scSE 1.3x (fp32) and 2.7x (bf16) of a whole U-Net's time on 2 cores
+    c = 8
+    u = torch.randn(2, c, 6, 7).contiguous(memory_format=torch.channels_last)
+    for name in ("cse", "sse", "scse"):
+        block = get_se_block(name, 2, c)
+        _randomise(block)
+        with torch.set_grad_enabled(grad):
+            want = block(u.contiguous())
+            got = block(u)
+            assert got.is_contiguous(memory_format=torch.channels_last), name
+            assert torch.allclose(got, want, atol=1e-5), name
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # a block's input is then a convolution's bf16 output
+                low = block(u.bfloat16())
+        assert low.dtype == torch.bfloat16, name
+        assert torch.allclose(low.float(), want, atol=0.05, rtol=0.02), name
+
+
 def test_se_block_parameter_counts_follow_the_paper():
     # cSE: C^2 weights (two C x C/2 layers) plus biases; sSE: C weights plus a bias.
     c = 64
