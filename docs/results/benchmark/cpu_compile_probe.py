@@ -45,11 +45,11 @@ for precision in ("fp32", "bf16"):
             net.to(memory_format=torch.channels_last)
             compiled = torch.compile(net, options={"freezing": True})
             with torch.inference_mode(), autocast(precision):
-                eager_s = median_s(lambda: net(x))
+                eager_s = median_s(lambda net=net: net(x))
                 start = time.perf_counter()
                 same = torch.equal(compiled(x).argmax(1), net(x).argmax(1))
                 compile_s = time.perf_counter() - start
-                compiled_s = median_s(lambda: compiled(x))
+                compiled_s = median_s(lambda compiled=compiled: compiled(x))
             print(
                 f"inference {precision} {arch} + {se}: eager {1000 * eager_s:.0f} ms, compiled {1000 * compiled_s:.0f} "
                 f"ms ({eager_s / compiled_s:.2f}x), first call {compile_s:.0f} s, same labels: {same}",

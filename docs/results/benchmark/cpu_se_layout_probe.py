@@ -43,4 +43,6 @@ for precision in ("fp32", "bf16"):
     median = {name: statistics.median(t) for name, t in times.items()}
     for arch in ("unet", "sdnet", "densenet"):
         plain, se = median[f"ours {arch} + none"], median[f"ours {arch} + scse"]
-        print(f"{precision} {arch}: no SE {1000 * plain:.0f} ms, scSE {1000 * se:.0f} ms, scSE / no SE {se / plain:.3f}")
+        print(
+            f"{precision} {arch}: no SE {1000 * plain:.0f} ms, scSE {1000 * se:.0f} ms, scSE / no SE {se / plain:.3f}"
+        )
