@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data.datalist import check_volumes, list_volumes, load_split, resolve_datalist
+from scripts.data.datalist import batch_slices, check_volumes, list_volumes, load_split, resolve_datalist
 
 SHAPE = (12, 10, 8)
 
@@ -360,3 +361,15 @@ def test_check_names_every_bad_volume_and_equal_slices(tmp_path):
     _raises("^2 of 3 volumes were skipped \\(the others are done\\): ", usable.refuse_skipped)
     assert check_volumes([good], skip_bad=True).refuse_skipped() is True
     _raises("^2 of 2 volumes cannot be used", check_volumes, [missing, zeros], skip_bad=True)  # nothing left to do
+
+
+def test_a_batch_larger_than_one_pass_over_the_volumes_is_said_and_counted(caplog):
+    # the loader draws one slice per volume per pass and a batch never spans two passes: with 16 training maps,
+    # --batch_size 32 trained the shipped brain model on batches of 16 (found in session 15)
+    with caplog.at_level(logging.WARNING, logger="scripts.data.datalist"):
+        assert batch_slices(32, 16) == 16
+    assert "--batch_size 32" in caplog.text and "batches hold 16 slices" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scripts.data.datalist"):
+        assert batch_slices(4, 16) == 4 and batch_slices(32, 16, samples_per_volume=2) == 32
+    assert caplog.text == ""
