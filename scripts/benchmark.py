@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .allocator import find_tcmalloc, loaded_allocator
-from .errors import as_bool
+from .errors import InputError, as_bool
 from .inference import _DTYPES, PRECISIONS, FastInference, native_bf16, resolve_precision
 from .outputs import atomic_write
 
@@ -438,6 +438,18 @@ def peers(args: argparse.Namespace) -> None:
         atomic_write(args.json, lambda path: json.dump(figures, open(path, "w"), indent=1))
 
 
+def _switch(name: str) -> Callable[[str], bool]:
+    """An argparse type for a true/false option whose refusal is ``as_bool``'s one line (not "invalid <lambda>")."""
+
+    def parse(value: str) -> bool:
+        try:
+            return as_bool(value, name)
+        except InputError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m scripts.benchmark", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -463,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     peer.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (auto: as inference)")
     peer.add_argument(
         "--channels_last",
-        type=lambda v: as_bool(v, "channels_last"),
+        type=_switch("channels_last"),
         default=True,
         help="inference in channels-last memory as configs/inference.yaml (training timed contiguous, as train.yaml)",
     )

@@ -183,6 +183,10 @@ def test_peer_benchmark_prints_ours_beside_monais_networks(tmp_path):
         assert row["gflop_per_slice"] > 0 and row["peak_gib"] > 0.05  # a process of its own: resident memory
     # the SE blocks add parameters, and the FLOPs torch counts grow with them
     assert rows["ours unet + scse"]["parameters"] > rows["ours unet + none"]["parameters"]
+    refused = subprocess.run([*cmd[:4], "--channels_last", "maybe"], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.strip().endswith(
+        "argument --channels_last: --channels_last 'maybe' is not a switch; expected true or false"
+    )
 
 
 def test_autocast_inferer_runs_the_forward_pass_in_the_chosen_precision(monkeypatch):
