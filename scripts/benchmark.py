@@ -155,7 +155,10 @@ def volume(args: argparse.Namespace) -> None:
         if resolve_precision("auto", "cpu") == "fp32":
             # no native BF16: "auto" is fp32, and its settings would time the fp32 ones again
             settings = {k: v for k, v in settings.items() if not k.startswith("auto precision")}
-            print("no native BF16 on this CPU: --precision auto is fp32, so its settings are not run (the fp32 ones again)")
+            print(
+                "no native BF16 on this CPU: --precision auto is fp32, so its settings are not run"
+                " (the fp32 ones again)"
+            )
         if args.onnx:
             settings["onnxruntime (fp32 + crop)"] = [
                 "--backend",
