@@ -65,17 +65,49 @@ def test_se_blocks_match_paper_equations(spatial_dims):
     with torch.inference_mode():  # the path that writes into the gate's buffer
         assert torch.allclose(scse(u), expected_sum, atol=1e-5)
     assert torch.equal(u, u_before)
-    # gradients through the fast sSE squeeze (a matrix-vector product) match the equations' own
+    # gradients of the input and of every parameter, through the fused sum of CPU training (its own backward pass),
+    # match the equations' own
     u_grad = u.clone().requires_grad_()
-    w = scse.sse.squeeze.weight
-    got = torch.autograd.grad(scse(u_grad).square().sum(), (u_grad, w))
+    inputs = (u_grad, *scse.parameters())
+    assert len(inputs) == 7  # the input, cSE's two linear layers, sSE's squeeze: weights and biases
+    got = torch.autograd.grad(scse(u_grad).square().sum(), inputs)
+    assert scse(u_grad).grad_fn.next_functions[0][0].name() == "_ScSESumBackward"  # then a view
     want = torch.autograd.grad(
-        (_cse_reference(scse.cse, u_grad) + _sse_reference(scse.sse, u_grad)).square().sum(), (u_grad, w)
+        (_cse_reference(scse.cse, u_grad) + _sse_reference(scse.sse, u_grad)).square().sum(), inputs
     )
     assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(got, want))
     expected_max = torch.maximum(_cse_reference(scse_max.cse, u), _sse_reference(scse_max.sse, u))
     assert torch.allclose(scse_max(u), expected_max, atol=1e-5)
     assert isinstance(get_se_block("none", spatial_dims, c), nn.Identity)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_scse_training_gives_the_plain_graphs_gradients(precision, monkeypatch):
+    # a whole network's training step with the fused scSE sum (CPU training) and with autograd's plain graph of the
+    # same sum: the same loss and the same gradient for every parameter, in fp32 and under bf16 autocast
+    torch.manual_seed(0)
+    net = get_network("sdnet", "scse", 2, 1, 4, features=8)
+    x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = net(x)
+        assert logits.dtype == dtype
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in net.parameters()]
+
+    fused_loss, fused = step()
+    monkeypatch.setattr(ChannelSpatialSELayer, "_use_fused", lambda self, x: False)
+    plain_loss, plain = step()
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    assert torch.allclose(fused_loss, plain_loss, atol=tol, rtol=tol)
+    # on the scale of the network's gradients: a convolution's bias before batch norm has a gradient of rounding noise
+    scale = max(b.abs().max().item() for b in plain)
+    for a, b in zip(fused, plain):
+        assert torch.allclose(a, b, atol=tol * scale, rtol=tol)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
