@@ -82,33 +82,45 @@ class SpatialSELayer(nn.Module):
         return x * torch.sigmoid(self.project(x))
 
 
+class _SpatialMean(torch.autograd.Function):
+    """The mean over the spatial positions, ``(N, C, P) -> (N, C)``, whose gradient is a broadcast view of
+    ``(N, C, 1)`` rather than a feature-map-sized tensor: autograd adds it into the other gradient of the feature map
+    in place (cSE's pooling in :class:`_ScSESum`'s CPU training path)."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        ctx.shape = x.shape
+        return x.mean(2)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        n, c, p = ctx.shape
+        return (grad / p).unsqueeze(2).expand(n, c, p)
+
+
 class _ScSESum(torch.autograd.Function):
-    """scSE's sum ``x * (cSE gate + sSE gate)`` with a backward pass of few full-size passes, for CPU training.
+    """scSE's sum ``x * (channel gate + sigmoid(sSE squeeze))`` with a backward pass of few full-size passes, for
+    CPU training.
 
     Autograd's own graph of the block allocates about eight feature-map-sized tensors in the backward pass (the
     product's two gradients, the squeeze's outer product and layout copies, the pooling's expanded gradient, the sums
     of the three gradients of ``x``), and on a CPU each fresh allocation of that size costs page faults worth more
     than the arithmetic. Here the forward pass allocates only its output and the backward pass only the gradient of
-    ``x``, into which every term is accumulated in place. The channel gate's small layers (MONAI's cSE ``fc``) keep
-    their own autograd graph, differentiated inside :meth:`backward`.
+    ``x``, into which the sSE terms are accumulated in place; the channel gate (cSE's pooling, with
+    :class:`_SpatialMean`, and its small layers) stays in autograd's graph.
 
-    Inputs: ``x`` ``(N, C, P)`` contiguous (``P`` the flattened spatial size), the sSE squeeze's weight ``(1, C, 1..)``
-    and bias ``(1,)``, the cSE ``fc`` module (``(N, C) -> (N, C)``, as ``ChannelSELayer.fc``) and then its parameters,
-    so that autograd hands back their gradients. Output ``(N, C, P)``.
+    Inputs: ``x`` ``(N, C, P)`` contiguous (``P`` the flattened spatial size), the channel gate ``(N, C)``, the sSE
+    squeeze's weight (``C`` values) and bias ``(1,)``. Output ``(N, C, P)``.
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
-    def forward(ctx, x, weight, bias, fc, *fc_params):  # type: ignore[override]
-        n, c = x.shape[0], x.shape[1]
-        with torch.enable_grad():  # the channel gate's small graph, differentiated in backward
-            pooled = x.detach().mean(2).requires_grad_()
-            channel_gate = fc(pooled)
-        gate_c = channel_gate.detach().view(n, c, 1)
+    def forward(ctx, x, channel_gate, weight, bias):  # type: ignore[override]
+        gate_c = channel_gate.unsqueeze(2)  # (N, C, 1)
         gate_s = torch.sigmoid(squeeze_channels(x, weight, bias))  # (N, 1, P)
         out = torch.add(gate_c, gate_s, out=torch.empty_like(x))
         ctx.save_for_backward(x, gate_c, gate_s, weight)
-        ctx.pooled, ctx.channel_gate, ctx.fc_params, ctx.bias_dtype = pooled, channel_gate, fc_params, bias.dtype
+        ctx.dtypes = (channel_gate.dtype, bias.dtype)
         return out.mul_(x)
 
     @staticmethod
@@ -116,32 +128,20 @@ class _ScSESum(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         x, gate_c, gate_s, weight = ctx.saved_tensors
-        n, c, p = x.shape
+        c = x.shape[1]
         grad = grad.contiguous()
         prod = grad * x  # the one full-size buffer: reduced to the gates' gradients, then reused for x's
-        d_gate_c = prod.sum(2)  # (N, C)
+        d_gate_c = prod.sum(2).to(ctx.dtypes[0])  # (N, C)
         d_q = torch.ops.aten.sigmoid_backward(prod.sum(1, keepdim=True), gate_s)  # (N, 1, P)
         d_weight = d_bias = None
-        if ctx.needs_input_grad[1]:
-            d_weight = torch.bmm(d_q, x.transpose(1, 2)).sum(0).to(weight.dtype).view_as(weight)
         if ctx.needs_input_grad[2]:
-            d_bias = d_q.sum().view(1).to(ctx.bias_dtype)
-        # the channel gate's layers: the gradient of the pooled input and of every parameter that wants one
-        wanted = [i for i, need in enumerate(ctx.needs_input_grad[4:]) if need]
-        grads = torch.autograd.grad(
-            ctx.channel_gate,
-            [ctx.pooled] + [ctx.fc_params[i] for i in wanted],
-            d_gate_c.to(ctx.channel_gate.dtype),
-            retain_graph=True,  # a small graph; kept for a caller's backward(retain_graph=True) done twice
-        )
-        d_fc: list[torch.Tensor | None] = [None] * len(ctx.fc_params)
-        for i, g in zip(wanted, grads[1:]):
-            d_fc[i] = g
-        # d x = grad * (gate_c + gate_s) + w d_q + d_pooled / P, accumulated in prod's buffer
+            d_weight = torch.bmm(d_q, x.transpose(1, 2)).sum(0).to(weight.dtype).view_as(weight)
+        if ctx.needs_input_grad[3]:
+            d_bias = d_q.sum().view(1).to(ctx.dtypes[1])
+        # d x = grad * (gate_c + gate_s) + w d_q, in prod's buffer (the channel gate's term comes from autograd)
         torch.add(gate_c, gate_s, out=prod).mul_(grad)
         prod.addcmul_(weight.view(1, c, 1).to(prod.dtype), d_q)
-        prod.add_((grads[0] / p).view(n, c, 1).to(prod.dtype))
-        return (prod, d_weight, d_bias, None, *d_fc)
+        return prod, d_gate_c, d_weight, d_bias
 
 
 class ChannelSpatialSELayer(nn.Module):
@@ -204,9 +204,9 @@ class ChannelSpatialSELayer(nn.Module):
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[0], x.shape[1]
-        squeeze = self.sse.squeeze
-        fc = self.cse.fc
-        out = _ScSESum.apply(x.view(n, c, -1), squeeze.weight, squeeze.bias, fc, *fc.parameters())
+        flat = x.view(n, c, -1)
+        channel_gate = self.cse.fc(_SpatialMean.apply(flat))  # MONAI's cSE layers on its pooling: (N, C)
+        out = _ScSESum.apply(flat, channel_gate, self.sse.squeeze.weight, self.sse.squeeze.bias)
         return out.view_as(x)
 
 
