@@ -36,8 +36,8 @@ def squeeze_channels(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """
     n, c = x.shape[0], x.shape[1]
     # the weight broadcast over the batch: bmm reads x where it lies, while torch.matmul((C,), x) copies x into
-    # (N, P, C) when x is NCHW or the weight requires a gradient (sSE on 4 x 64 x 256 x 256 fp32, 2 cores of an AVX2
-    # CPU: 241 vs 65 ms for forward and backward, 113 vs 12 ms inference NCHW, 21 vs 12 ms channels-last)
+    # (N, P, C) when x is NCHW or the weight requires a gradient (sSE's forward and backward on 4 x 64 x 256 x 256
+    # fp32, 2 cores of an AVX2 CPU: 65-70 vs 171-187 ms, docs/results/benchmark/cpu_se_block_probe.py)
     q = torch.bmm(weight.reshape(1, 1, c).expand(n, 1, c), x)
     if bias is not None:  # always set in sSE; the check is for TorchScript's Optional
         q = q + bias.to(q.dtype)
