@@ -167,7 +167,9 @@ def test_brain27_from_label_maps_trains_and_evaluates(tmp_path):
             "--spacing", "[3.0,3.0,3.0]", "--slice_size", "[32,32]", "--features", "4", "--epochs", "1",
             "--slices_per_volume", "2"]  # fmt: skip
     args += ["--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "m")]
-    bundle("run", "training", "--config_file", config, *args, cwd=str(tmp_path))
+    # the training images synthesised a batch at a time on the trainer's device (the shared maps' test below
+    # synthesises them in the loader)
+    bundle("run", "training", "--config_file", config, *args, "--synthesis_on", "device", cwd=str(tmp_path))
     bundle("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}','{BRAIN}']", *args, cwd=str(tmp_path))
     summary = json.load(open(tmp_path / "out" / "eval" / "dice_summary.json"))
     assert summary["volumes"] == ["map_04.nii.gz"] and len(summary["structures"]) == 27
