@@ -142,3 +142,15 @@ def test_the_brain_protocol_switches_where_images_are_synthesised(where):
         # the same numbers as the loader's transforms
         assert prepare.flip_axis == 0 and prepare.translate_range == 16 and prepare.args["strip_prob"] == 0.5
         assert prepare.remap[1035].item() == 2 and prepare.remap[2000].item() == 17 and prepare.remap[24].item() == 0
+
+
+def test_the_gpu_profile_synthesises_on_the_device_in_batches_of_64():
+    parser = ConfigParser()
+    profiles = os.path.join(CONFIGS, "profiles")
+    parser.read_config(
+        [os.path.join(CONFIGS, "train.yaml"), os.path.join(CONFIGS, "data", "brain27.yaml")]
+        + [os.path.join(profiles, name) for name in ("brain_synth.yaml", "brain_synth_gpu.yaml")]
+    )
+    assert isinstance(parser.get_parsed_content("train_prepare_batch"), SynthesizeBatch)
+    assert parser["batch_size"] * parser["train#slice_sampling#2#num_samples"] == 64
+    assert parser["train#dataloader#persistent_workers"] is True and parser["epochs"] == 200  # brain_synth's
