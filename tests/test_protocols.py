@@ -298,6 +298,21 @@ def test_the_shipped_brain_model_on_a_real_scan(tmp_path):
     assert summary["overall"]["n"] == 1 and summary["overall"]["mean"] > MIN_REAL_DICE
 
 
+def test_training_volumes_are_padded_and_cropped_in_plane_once_as_each_slice_would_be():
+    """train#volume_resize pads/crops a cached volume to slice_size in the slice plane: every slice of it is the
+    slice padded/cropped on its own (what the pipeline did per drawn slice before)."""
+    from monai.transforms import Compose, ResizeWithPadOrCrop
+
+    label = torch.as_tensor(np.random.default_rng(1).integers(0, 3, (1, 20, 9, 30)).astype(np.uint8))
+    for slice_axis in (0, 1, 2):
+        parser = parse(TRAIN, slice_axis=slice_axis, slice_size=[16, 12])
+        resized = Compose(parser.get_parsed_content("train#volume_resize"))({"label": label})["label"]
+        assert resized.shape[slice_axis + 1] == label.shape[slice_axis + 1]
+        for j in range(label.shape[slice_axis + 1]):
+            expected = ResizeWithPadOrCrop([16, 12])(label.select(slice_axis + 1, j))
+            assert torch.equal(resized.select(slice_axis + 1, j).as_tensor(), torch.as_tensor(expected))
+
+
 def test_training_slices_from_listed_voxels_equal_monais_draw_from_the_volume():
     """train#slice_sampling lists each volume's voxels once (FgBgToIndicesd, cached): the slices drawn are the ones
     RandCropByPosNegLabeld draws when it lists them itself at every draw, and no index list reaches the batch."""

@@ -25,7 +25,8 @@ tensor operations, so the loader only crops label slices:
 
 Randomness comes from torch's generator of the device, which MONAI's ``set_determinism`` and the checkpoint policy's
 per-epoch seeding set, so a resumed training draws the same images. Each step reproduces its CPU counterpart's
-distribution, not its exact samples; ``tests/test_batch_synthesis.py`` compares the two.
+distribution, not its exact samples: ``tests/test_batch_synthesis.py`` checks the filters against scipy's and the
+loader's, and the image without random draws against :func:`scripts.transforms.synthesize_image`'s.
 """
 
 from __future__ import annotations
@@ -112,7 +113,6 @@ class SynthesizeBatch:
         elastic_magnitude: ``[low, high]`` of the displacement's scale, voxels (drawn per slice).
         lower, upper: the percentiles mapped to 0 and 1 (the image is clipped to them).
         label_key: the batch's key of the label slices ``(B, 1, H, W)``, in their original values.
-        image_key: the key the images would have; the batch needs none.
     """
 
     def __init__(
