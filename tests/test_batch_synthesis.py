@@ -12,7 +12,7 @@ from monai.bundle import ConfigParser
 from scipy import ndimage
 
 from scripts.data.batch_synthesis import SynthesizeBatch, _gaussian_matrices, _resolution_matrices
-from scripts.transforms import _lower_resolution, synthesize_image
+from scripts.transforms import RandSynthesizeImaged, _lower_resolution, synthesize_image
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MEANS = {0: [0.0, 0.0], 2: [100.0, 100.0], 41: [100.0, 100.0], 3: [60.0, 60.0], 42: [60.0, 60.0], 24: [20.0, 20.0]}
@@ -139,6 +139,9 @@ def test_the_brain_protocol_switches_where_images_are_synthesised(where):
         assert not isinstance(prepare, SynthesizeBatch) and len(augmentation) > 3
     else:
         assert isinstance(prepare, SynthesizeBatch) and augmentation == []
+        loader = [t for t in parser.get_parsed_content("synthesis_augmentation") if isinstance(t, RandSynthesizeImaged)]
+        assert prepare.args is loader[0].synthesize.kwargs  # one declaration of the synthesis for both paths
+        assert prepare.scale_range == 0.15 and prepare.elastic_prob == 0.5 and prepare.elastic_magnitude == (1.0, 3.0)
         # the same numbers as the loader's transforms
         assert prepare.flip_axis == 0 and prepare.translate_range == 16 and prepare.args["strip_prob"] == 0.5
         assert prepare.remap[1035].item() == 2 and prepare.remap[2000].item() == 17 and prepare.remap[24].item() == 0

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
-from scripts.transforms import RangeLike, _checked_args
+from scripts.transforms import RandSynthesizeImaged, RangeLike, _checked_args
 
 __all__ = ["SynthesizeBatch"]
 
@@ -96,7 +96,8 @@ class SynthesizeBatch:
     images on ``device`` (module docstring).
 
     Args:
-        synthesis: the parameters of :func:`scripts.transforms.synthesize_image` (``tissue_means``, ``std_range``,
+        synthesis: the loader's :class:`scripts.transforms.RandSynthesizeImaged`, whose parameters are used (the
+            configs declare them once), or those parameters themselves (``tissue_means``, ``std_range``,
             ``bias_std``, ``bias_points``, ``blur_sigma_range``, ``noise_std_range``, ``default_mean_range``,
             ``tied_labels``, ``tissue_means_prob``, ``random_mean_range``, ``strip_labels``, ``strip_prob``,
             ``resolution_prob``, ``thickness_range``, ``gamma_std``), checked as there.
@@ -117,7 +118,7 @@ class SynthesizeBatch:
 
     def __init__(
         self,
-        synthesis: Mapping[str, Any],
+        synthesis: RandSynthesizeImaged | Mapping[str, Any],
         orig_labels: Sequence[Any],
         target_labels: Sequence[Any],
         flip_axis: int | None = None,
@@ -133,7 +134,10 @@ class SynthesizeBatch:
         upper: float = 99.5,
         label_key: str = "label",
     ) -> None:
-        args = _checked_args(**dict(synthesis))
+        if isinstance(synthesis, RandSynthesizeImaged):
+            args = synthesis.synthesize.kwargs
+        else:
+            args = _checked_args(**dict(synthesis))
         self.args = args
         if len(orig_labels) != len(target_labels):
             raise ValueError(

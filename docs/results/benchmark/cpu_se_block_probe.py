@@ -6,13 +6,13 @@ torch.matmul, scSE through autograd's own graph). From the bundle root:
     LD_PRELOAD=$(python -m scripts.allocator) python docs/results/benchmark/cpu_se_block_probe.py
 """
 
-import statistics
+import functools
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, ".")
+from scripts.benchmark import time_interleaved  # noqa: E402
 from scripts.networks import se  # noqa: E402
 
 torch.set_num_threads(2)
@@ -47,14 +47,7 @@ def step(block):
     block(x).backward(g)
 
 
-times = {k: [] for k in variants}
-for k, b in variants.items():
-    step(b)
-for _ in range(9):
-    for k, b in variants.items():
-        start = time.perf_counter()
-        step(b)
-        times[k].append(time.perf_counter() - start)
+median = time_interleaved({k: functools.partial(step, b) for k, b in variants.items()}, 9, torch.device("cpu"))
 print(f"CPU avx512f flags: {open('/proc/cpuinfo').read().count('avx512f')}; torch {torch.__version__}")
-for k, t in times.items():
-    print(f"{k:12s} forward + backward {statistics.median(t) * 1e3:6.1f} ms")
+for k, t in median.items():
+    print(f"{k:12s} forward + backward {t * 1e3:6.1f} ms")

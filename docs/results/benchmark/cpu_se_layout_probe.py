@@ -10,17 +10,16 @@ there), and run it alone on the machine with tcmalloc preloaded (output: cpu_se_
 4 slices of 256 x 256, 64 filters, 5x5 kernels, 28 classes, 2 threads; each network's variants take turns, median of 5.
 """
 
-import statistics
+import functools
 import subprocess
 import sys
-import time
 
 root = sys.argv[1]
 sys.path.insert(0, root)
 
 import torch  # noqa: E402
 
-from scripts.benchmark import peer_networks  # noqa: E402
+from scripts.benchmark import peer_networks, time_interleaved  # noqa: E402
 from scripts.inference import FastInference  # noqa: E402
 
 torch.set_num_threads(2)
@@ -31,16 +30,8 @@ nets = {name: net for name, net in peer_networks(28, 64, 5).items() if name.star
 x = torch.randn(4, 1, 256, 256)
 for precision in ("fp32", "bf16"):
     fast = {name: FastInference(net.eval(), precision=precision, channels_last=True) for name, net in nets.items()}
-    times = {name: [] for name in fast}
     with torch.inference_mode():
-        for step in fast.values():
-            step(x)
-        for _ in range(5):
-            for name, step in fast.items():
-                start = time.perf_counter()
-                step(x)
-                times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(t) for name, t in times.items()}
+        median = time_interleaved({name: functools.partial(step, x) for name, step in fast.items()}, 5, x.device)
     for arch in ("unet", "sdnet", "densenet"):
         plain, se = median[f"ours {arch} + none"], median[f"ours {arch} + scse"]
         print(
