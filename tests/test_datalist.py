@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from monai.bundle import ConfigParser
 
-from scripts.data.datalist import batch_slices, check_volumes, list_volumes, load_split, resolve_datalist
+from scripts.data.datalist import check_volumes, list_volumes, load_split, resolve_datalist
 
 SHAPE = (12, 10, 8)
 
@@ -363,13 +364,15 @@ def test_check_names_every_bad_volume_and_equal_slices(tmp_path):
     _raises("^2 of 2 volumes cannot be used", check_volumes, [missing, zeros], skip_bad=True)  # nothing left to do
 
 
-def test_a_batch_larger_than_one_pass_over_the_volumes_is_said_and_counted(caplog):
-    # the loader draws one slice per volume per pass and a batch never spans two passes: with 16 training maps,
-    # --batch_size 32 trained the shipped brain model on batches of 16 (found in session 15)
-    with caplog.at_level(logging.WARNING, logger="scripts.data.datalist"):
-        assert batch_slices(32, 16) == 16
-    assert "--batch_size 32" in caplog.text and "batches hold 16 slices" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="scripts.data.datalist"):
-        assert batch_slices(4, 16) == 4 and batch_slices(32, 16, samples_per_volume=2) == 32
-    assert caplog.text == ""
+def test_an_epoch_is_one_loader_pass_of_whole_batches_with_every_volume_equally_often():
+    # one loader iterator serves a whole epoch (workers never wait for a new pass) and a batch may span two passes:
+    # with 16 training maps, --batch_size 32 trained the shipped brain model on batches of 16 before (session 15)
+    parser = ConfigParser()
+    parser.read_config(os.path.join(os.path.dirname(__file__), "..", "configs", "train.yaml"))
+    parser.update({"train#dataset": list(range(16)), "batch_size": 32, "iterations_per_epoch": 3})
+    batches = list(parser.get_parsed_content("train#dataloader"))
+    assert [len(b) for b in batches] == [32] * 3 and parser.get_parsed_content("train#epoch_length") == 3
+    assert np.bincount(torch.cat(batches).numpy()).tolist() == [6] * 16  # whole shuffled passes over the volumes
+    parser.update({"batch_size": 4, "iterations_per_epoch": None})  # slices_per_volume 16 of each volume per epoch
+    loader = parser.get_parsed_content("train#dataloader", lazy=False)
+    assert len(loader) == 64 and np.bincount(torch.cat(list(loader)).numpy()).tolist() == [16] * 16

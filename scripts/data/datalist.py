@@ -32,7 +32,7 @@ from ..errors import InputError
 from ..outputs import atomic_write
 from .synthetic import ensure_default_dataset
 
-__all__ = ["UsableVolumes", "batch_slices", "check_volumes", "list_volumes", "load_split", "resolve_datalist"]
+__all__ = ["UsableVolumes", "check_volumes", "list_volumes", "load_split", "resolve_datalist"]
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 # Marks datalists this module wrote, so they are rebuilt when the folder changes instead of being trusted as the
@@ -569,25 +569,3 @@ class UsableVolumes(list):
                 + " | ".join(self.skipped)
             )
         return True
-
-
-def batch_slices(batch_size: int, num_volumes: int, samples_per_volume: int = 1) -> int:
-    """Slices per training batch, with a warning when ``batch_size`` asks for more than the loader can give.
-
-    The training loader draws ``samples_per_volume`` slices from every volume in one pass over the training set and
-    a batch never spans two passes, so a batch holds at most ``num_volumes * samples_per_volume`` slices: with 16
-    training volumes, ``--batch_size 32`` trains on batches of 16.
-
-    Args:
-        batch_size: the ``batch_size`` option.
-        num_volumes: training volumes.
-        samples_per_volume: slices drawn from a volume per pass (``RandCropByPosNegLabeld``'s ``num_samples``).
-    """
-    available = int(num_volumes) * int(samples_per_volume)
-    if int(batch_size) > available:
-        logger.warning(
-            f"--batch_size {batch_size} asks for more slices than one pass over the {num_volumes} training volumes "
-            f"gives ({samples_per_volume} each): batches hold {available} slices"
-        )
-        return available
-    return int(batch_size)
