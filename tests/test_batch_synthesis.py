@@ -157,3 +157,5 @@ def test_the_gpu_profile_synthesises_on_the_device_in_batches_of_64():
     assert isinstance(parser.get_parsed_content("train_prepare_batch"), SynthesizeBatch)
     assert parser["batch_size"] * parser["train#slice_sampling#2#num_samples"] == 64
     assert parser["train#dataloader#persistent_workers"] is True and parser["epochs"] == 200  # brain_synth's
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert parser.get_parsed_content("num_workers") == max(2, workers - 2)  # the machine's cores, less the trainer's
