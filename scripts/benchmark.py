@@ -53,6 +53,7 @@ SETTINGS: dict[str, list[str]] = {
     "plain fp32": ["--precision", "fp32", "--channels_last", "false", "--crop_foreground", "false"],
     "default (fp32 + channels-last + crop)": [],
     "fp32 + channels-last + crop slices only": ["--crop_foreground", "slices"],
+    "fp32 + channels-last + crop boxes per batch": ["--crop_foreground", "boxes"],
     "auto precision + channels-last, no crop": ["--precision", "auto", "--crop_foreground", "false"],
     "auto precision + channels-last + crop": ["--precision", "auto"],
     "auto precision + channels-last + crop slices only": ["--precision", "auto", "--crop_foreground", "slices"],
@@ -110,21 +111,37 @@ def _parser(configs: list[str], overrides: list[str]):
     return parser
 
 
-def _segmented_slices(configs: list[str], overrides: list[str], image: str) -> tuple[tuple[int, ...], int]:
-    """(slice shape, number of slices) the setting's preprocessing hands to the network."""
-    parser = _parser(configs, overrides)
-    shape = tuple(parser.get_parsed_content("preprocessing")({"image": image})["image"].shape[1:])
-    axis = parser.get_parsed_content("slice_axis")
-    return tuple(s for i, s in enumerate(shape) if i != axis), shape[axis]
-
-
-def _flops_per_slice(configs: list[str], overrides: list[str], slice_shape: tuple[int, ...]) -> float:
+def _network_work(configs: list[str], overrides: list[str], image: str) -> tuple[str, float]:
+    """What the setting's network computes on ``image``: the slices it is handed (``"<slices>x<H>x<W>"``, after the
+    volume's crop) and the FLOPs of its passes, over each batch's foreground box where the setting cuts them."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    network = _parser(configs, overrides).get_parsed_content("network_def").eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        network(torch.zeros(1, 1, *slice_shape))
-    return float(counter.get_total_flops())
+    from .inference import ForegroundBoxNetwork
+
+    parser = _parser(configs, overrides)
+    volume = torch.as_tensor(parser.get_parsed_content("preprocessing")({"image": image})["image"])
+    axis = parser.get_parsed_content("slice_axis")
+    slices = volume.movedim(axis + 1, 0)  # (S, C, H, W), the order SliceInferer hands them over in
+    network = parser.get_parsed_content("network_def").eval()
+    boxes = parser.get_parsed_content("boxes")
+    boxed = ForegroundBoxNetwork(network, **boxes) if boxes else None
+    batch = int(parser.get_parsed_content("slice_inferer#sw_batch_size"))
+    per_size: dict[tuple[int, int], float] = {}
+    total = 0.0
+    for start in range(0, slices.shape[0], batch):
+        chunk = slices[start : start + batch]
+        size = tuple(chunk.shape[2:])
+        if boxed is not None:
+            box = boxed.box(chunk)
+            if box is None:
+                continue
+            size = (box[1] - box[0], box[3] - box[2])
+        if size not in per_size:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                network(torch.zeros(1, slices.shape[1], *size))
+            per_size[size] = float(counter.get_total_flops())
+        total += per_size[size] * chunk.shape[0]
+    return f"{slices.shape[0]}x{'x'.join(map(str, slices.shape[2:]))}", total
 
 
 def volume(args: argparse.Namespace) -> None:
@@ -195,22 +212,22 @@ def volume(args: argparse.Namespace) -> None:
                 peak = max(peak, usage.ru_maxrss / 2**20)
             (seg,) = [f for f in os.listdir(out) if f.endswith("_seg.nii.gz")]
             outputs[setting] = np.asarray(nib.load(os.path.join(out, seg)).dataobj)
-            slice_shape, slices = _segmented_slices(configs, extra, os.path.join(scan_dir, name))
-            flops = _flops_per_slice(configs, extra, slice_shape) * slices
-            results[setting] = (statistics.median(walls), peak, slice_shape, slices, flops)
+            shape, flops = _network_work(configs, extra, os.path.join(scan_dir, name))
+            results[setting] = (statistics.median(walls), peak, shape, flops)
     reference = outputs["plain fp32"]
     labels = [int(v) for v in np.unique(reference) if v != 0]
     print(f"\n{'setting':<62} {'wall s':>7} {'peak GiB':>9} {'slices':>14} {'TFLOP':>6} {'floor s':>12} "
           f"{'min Dice':>9} {'mean Dice':>9}")  # fmt: skip
-    for setting, (wall, peak, slice_shape, slices, flops) in results.items():
+    for setting, (wall, peak, shape, flops) in results.items():
         dice = _dice(reference, outputs[setting], labels) or {0: float(np.array_equal(reference, outputs[setting]))}
         floors = "/".join(f"{flops / 1e9 / p:.0f}" for p in peaks.values())
-        shape = f"{slices}x{'x'.join(map(str, slice_shape))}"
         print(f"{setting:<62} {wall:>7.1f} {peak:>9.2f} {shape:>14} {flops / 1e12:>6.1f} {floors:>12} "
               f"{min(dice.values()):>9.4f} {np.mean(list(dice.values())):>9.4f}")  # fmt: skip
     print(
-        f"\nwall: median of {args.repeats}, end to end (process start to label file written); floor: TFLOP / matmul "
-        f"peak ({'/'.join(peaks)}); Dice: per structure against 'plain fp32' ({len(labels)} structures present)"
+        f"\nwall: median of {args.repeats}, end to end (process start to label file written); slices: those handed to "
+        f"the network after the volume's crop; TFLOP: its passes, over each batch's foreground box where the setting "
+        f"cuts them (crop_foreground boxes); floor: TFLOP / matmul peak ({'/'.join(peaks)}); Dice: per structure "
+        f"against 'plain fp32' ({len(labels)} structures present)"
     )
     # Linux charges a child with the memory of the process it was forked from: a setting's peak cannot read below this
     print(f"this benchmark's own peak memory: {_own_peak_gib():.2f} GiB (a floor of the 'peak GiB' column)")

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.inferers import SliceInferer
 
 from scripts import inference
@@ -22,9 +23,11 @@ from scripts.inference import (
     ArgmaxInferer,
     AutocastInferer,
     FastInference,
+    ForegroundBoxNetwork,
     argmax_in_inferer,
     native_bf16,
     resolve_precision,
+    slice_boxes,
 )
 from scripts.networks import get_network
 
@@ -76,8 +79,10 @@ def test_cropped_fast_inference_gives_the_plain_labels_on_the_input_grid(tmp_pat
     data = str(tmp_path / "data")
     generate_dataset(data, num_subjects=4, shape=(40, 36, 32), seed=5, num_validation=1, num_test=1)
     io = ["--dataset_dir", data, "--default_dataset_dir", str(tmp_path / "unused"), "--features", "8"]
-    _run("run", "training", "--config_file", TRAIN, *io, "--epochs", "3", "--slices_per_volume", "8", "--output_dir",
-         str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), cwd=str(tmp_path))  # fmt: skip
+    # batches of 2: 8 updates per epoch (a batch may span passes over the 2 volumes, so batches of 4 would give 4)
+    _run("run", "training", "--config_file", TRAIN, *io, "--epochs", "3", "--slices_per_volume", "8", "--batch_size",
+         "2", "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"),
+         cwd=str(tmp_path))  # fmt: skip
     # a scan with empty air around the head, as real scans have: the crop leaves out the padding
     source = nib.load(glob.glob(os.path.join(data, "imagesTr", "*.nii.gz"))[0])
     padded = np.pad(np.asarray(source.dataobj, dtype=np.float32), 12)
@@ -114,6 +119,59 @@ def test_cropped_fast_inference_gives_the_plain_labels_on_the_input_grid(tmp_pat
     beyond_margin = np.ones(through_head.size, dtype=bool)
     beyond_margin[max(first - 8, 0) : last + 9] = False  # crop_margin: 8
     assert not c[..., beyond_margin].any()
+
+
+class _Pointwise(torch.nn.Module):
+    """A network without spatial context (a 1x1 convolution), so a crop cannot change its output; counts its calls
+    and the slice sizes it saw."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, classes, 1)
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape[2:]))
+        return self.conv(x)
+
+
+def test_each_batch_of_slices_is_segmented_in_its_own_foreground_box():
+    net = _Pointwise()
+    boxed = ForegroundBoxNetwork(net, num_classes=5, threshold=0.05, margin=3, k_divisible=8, background=0)
+    x = torch.zeros(2, 1, 60, 50)
+    x[0, 0, 20:25, 10:14] = 1.0  # foreground of the first slice, and of the second: the batch's box holds both
+    x[1, 0, 30:33, 30:31] = 0.5
+    with torch.no_grad():
+        out, plain = boxed(x), net(x)
+    assert out.shape == (2, 5, 60, 50) and out.dtype == torch.float32 and net.sizes[0] == (24, 32)
+    # rows 17-35 plus margin (19) round up to 24, centred: 14-38; columns 7-33 (27) to 32: 4-36
+    assert torch.equal(out[..., 14:38, 4:36], plain[..., 14:38, 4:36])
+    outside = torch.ones(60, 50, dtype=torch.bool)
+    outside[14:38, 4:36] = False
+    assert (out.argmax(1)[:, outside] == 0).all()  # background there, with probability 1
+    assert torch.allclose(torch.softmax(out, 1)[:, 0, outside], torch.ones(1))
+    # a batch without foreground is not run; a box as large as the slice runs the slice whole
+    assert (boxed(torch.zeros(3, 1, 60, 50)).argmax(1) == 0).all() and len(net.sizes) == 2
+    edge = torch.zeros(1, 1, 20, 20)
+    edge[..., 0, 0], edge[..., 19, 19] = 1.0, 1.0
+    with torch.no_grad():
+        assert torch.equal(boxed(edge), net(edge).float()) and net.sizes[-2] == (20, 20)
+
+
+@pytest.mark.parametrize("crop, boxes", [("boxes", True), (True, False), ("slices", False), ("false", False)])
+def test_the_crop_option_chooses_the_slice_boxes(crop, boxes):
+    assert slice_boxes(crop) is boxes
+    assert len(inference.foreground_crop(crop, 0.05, 8, 2, 16)) == int(crop != "false")  # boxes: the volume's box too
+    parser = ConfigParser()
+    parser.read_config(INFERENCE)
+    parser.update({"crop_foreground": crop, "features": 8})
+    network = parser.get_parsed_content("fast_network")
+    assert isinstance(network, ForegroundBoxNetwork) is boxes
+    if boxes:  # the volume's crop and the boxes share the threshold, margin and size multiple
+        assert (network.threshold, network.margin, network.k_divisible, network.num_classes) == (0.05, 8, 16, 28)
+        assert isinstance(network.network, FastInference)
+    with pytest.raises(InputError, match="--crop_foreground 'box' is not one of true, false, slices, boxes"):
+        inference.foreground_crop("box", 0.05, 8, 2, 16)
 
 
 def test_argmax_inferer_stitches_the_labels_of_the_stitched_logits():
