@@ -5,8 +5,8 @@ Training images synthesised from label-map slices a whole batch at a time, on th
 
 :class:`scripts.transforms.RandSynthesizeImaged` synthesises one slice at a time in the loader's CPU workers, about
 14 ms of one core per 128 x 128 slice with its spatial augmentation. A GPU trains on such slices hundreds of times
-faster than that, and the GPU machines lent to this project give a command 2 CPU cores: there the loader, not the GPU,
-set the pace (1.6 batches of 16 slices per second on an H200). :class:`SynthesizeBatch` is a ``prepare_batch`` for
+faster than that: with the CPU profile's 2 loader workers the loader, not the GPU, set the pace (1.6 batches of 16
+slices per second on an H200 whose machine has 16 cores). :class:`SynthesizeBatch` is a ``prepare_batch`` for
 MONAI's ``SupervisedTrainer`` that does the same work on the batch once it is on the device, in a few dozen batched
 tensor operations, so the loader only crops label slices:
 
