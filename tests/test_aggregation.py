@@ -14,7 +14,13 @@ from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import AsDiscreted, Compose, CropForegroundd, Invertd, Orientationd, Spacingd
 
-from scripts.aggregation import InvertProbabilitiesd, MultiViewInferer, axis_aligned_map, axis_aligned_resample
+from scripts.aggregation import (
+    InvertProbabilitiesd,
+    MultiViewInferer,
+    axis_aligned_argmax,
+    axis_aligned_map,
+    axis_aligned_resample,
+)
 from scripts.errors import InputError
 from scripts.networks import get_network
 
@@ -44,9 +50,11 @@ def case():
         ]
     )
     data = preprocessing({"image": image})
-    # "network" probabilities on the preprocessed grid: a soft one-hot of the classes the coarse image shows
+    # "network" probabilities on the preprocessed grid: a soft one-hot of the classes the coarse image shows, each
+    # class a little apart, so that no interpolated voxel is an exact tie (whose winner the order of the sums decides)
     coarse = torch.round((data["image"].as_tensor() - 0.1) / 0.3).clamp(0, 3).long()[0]
     probs = torch.nn.functional.one_hot(coarse, 4).permute(3, 0, 1, 2).float() * 0.7 + 0.075
+    probs += torch.tensor([0.003, 0.002, 0.001, 0.0]).view(4, 1, 1, 1)
     return labels, image, preprocessing, data, probs
 
 
@@ -108,6 +116,23 @@ def test_separable_inversion_gives_invertds_probabilities(pixdim):
     out = InvertProbabilitiesd(keys="pred", transform=preprocessing, chunk_size=2)({**data, "pred": probs})["pred"]
     assert torch.equal(out.as_tensor(), torch.as_tensor(expected).argmax(0, keepdim=True))
     assert np.allclose(out.affine, affine) and np.allclose(out.meta["original_affine"], affine)
+
+
+@pytest.mark.parametrize("classes", [5, 300])
+def test_argmax_of_the_interpolation_is_interpolated_only_at_boundaries(classes):
+    # up- and downsampled axes, permuted, partly outside the source; a few blobs of labels, so most voxels have
+    # neighbours of one label and the rest (boundaries, chunks of 7 voxels) are interpolated
+    generator = torch.Generator().manual_seed(1)
+    coarse = torch.nn.functional.interpolate(torch.rand(1, classes, 3, 4, 3, generator=generator), size=(9, 11, 7))[0]
+    probs = torch.softmax(coarse * 20 + torch.rand(coarse.shape, generator=generator), 0)
+    axes, scales, shifts, shape = [1, 2, 0], [0.5, 1.5, 0.7], [-1.75, 0.5, 0.2], [26, 6, 13]
+    expected = axis_aligned_resample(probs, axes, scales, shifts, shape).argmax(0, keepdim=True)
+    for chunk in (7, 2**20):
+        labels = axis_aligned_argmax(probs, axes, scales, shifts, shape, chunk_voxels=chunk)
+        assert labels.dtype == torch.int64 and labels.shape == (1, *shape)
+        assert torch.equal(labels, expected)
+    # the first two voxels (index -1.75 and -1.25 on the source's axis 1) have no neighbour there: background
+    assert (labels[0, :2] == 0).all() and (labels[0, 2:] != 0).any()
 
 
 def test_separable_inversion_runs_where_the_values_are():
