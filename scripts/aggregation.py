@@ -34,7 +34,7 @@ from monai.inferers import Inferer, SliceInferer
 from monai.transforms import Invertd, InvertibleTransform, MapTransform
 from torch import nn
 
-from .checkpoint import check_checkpoint, load_checkpoint
+from .checkpoint import check_checkpoint, network_state
 
 __all__ = [
     "InvertProbabilitiesd",
@@ -335,7 +335,7 @@ class MultiViewInferer(Inferer):
                 raise ValueError(f"view axis {axis} must be 0, 1 or 2 and differ from slice_axis {self.slice_axis}.")
             check_checkpoint(path, network_def)
             network = copy.deepcopy(network_def)
-            network.load_state_dict(load_checkpoint(path))
+            network.load_state_dict(network_state(path))
             network.eval()
             self.views[axis] = wrap(network) if wrap is not None else network
         axes = [self.slice_axis, *self.views]

@@ -55,6 +55,7 @@ __all__ = [
     "claim_checkpoint_dir",
     "load_checkpoint",
     "load_initial_weights",
+    "network_state",
     "release_checkpoint_dir",
 ]
 
@@ -288,22 +289,32 @@ def _describe_mismatch(state: Mapping, expected: Mapping) -> str:
     return "; ".join(parts)
 
 
-def check_checkpoint(path: str, network: nn.Module | None = None, key: str | None = None) -> str:
+def network_state(path: str) -> Mapping:
+    """The network's weights in a checkpoint file, read as MONAI's ``CheckpointLoader`` reads it with ``load_dict``
+    ``{"model": network}``: a ``model.pt`` is the state dict itself, a training checkpoint (``checkpoint_latest.pt``:
+    network, optimiser, scheduler, trainer) holds it as ``model``. So the latest epoch of an interrupted training
+    segments, exports or fine-tunes as a ``model.pt`` does.
+
+    Raises:
+        InputError: the file is missing or unreadable (:func:`load_checkpoint`).
+    """
+    state = load_checkpoint(path)
+    model = state.get("model")
+    return model if isinstance(model, Mapping) else state
+
+
+def check_checkpoint(path: str, network: nn.Module | None = None) -> str:
     """Refuse, in one line and before any volume is read, a checkpoint that is missing, unreadable, or of another
     network (architecture, SE variant, features, number of classes).
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file: a ``model.pt`` or a training checkpoint (:func:`network_state`).
         network: the network it must load into; ``None`` checks only that it reads.
-        key: the entry holding the network's weights in a checkpoint of several objects (``"model"`` in
-            ``checkpoint_latest.pt``); a plain state dict is used as it is.
 
     Returns:
         ``path``.
     """
-    state = load_checkpoint(path)
-    if key is not None and key in state and isinstance(state[key], Mapping):
-        state = state[key]
+    state = network_state(path)
     if network is not None:
         bare = network.module if hasattr(network, "module") else network
         mismatch = _describe_mismatch(state, bare.state_dict())
@@ -316,9 +327,9 @@ def check_checkpoint(path: str, network: nn.Module | None = None, key: str | Non
 
 
 def load_initial_weights(network: nn.Module, path: str | None = None) -> bool:
-    """Start a training from the weights in ``path`` (a ``model.pt`` of the same network) instead of random ones:
-    fine-tuning, or a second phase of a schedule with another learning rate. A resumed training overwrites them with
-    its checkpoint's.
+    """Start a training from the weights in ``path`` (a ``model.pt`` of the same network, or a training checkpoint's
+    network) instead of random ones: fine-tuning, or a second phase of a schedule with another learning rate. A
+    resumed training overwrites them with its checkpoint's.
 
     Args:
         network: the configured network (a DDP/DataParallel wrapper is unwrapped).
@@ -334,7 +345,7 @@ def load_initial_weights(network: nn.Module, path: str | None = None) -> bool:
         return False
     check_checkpoint(path, network)
     bare = network.module if hasattr(network, "module") else network
-    bare.load_state_dict(load_checkpoint(path))
+    bare.load_state_dict(network_state(path))
     logger.info(f"training starts from the weights in '{path}'")
     return True
 
@@ -424,7 +435,7 @@ def claim_checkpoint_dir(
                 f"--resume true but '{latest}' does not exist; start the training without --resume, or give the "
                 "--ckpt_dir of the training to continue"
             )
-        check_checkpoint(latest, network, key="model")
+        check_checkpoint(latest, network)
         trainer = load_checkpoint(latest).get("trainer", {})
         done = trainer.get("epoch", 0)
         if max_epochs is not None and done >= max_epochs:

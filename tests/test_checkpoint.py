@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 from ignite.engine import Engine
+from monai.handlers import CheckpointLoader
 
 from scripts.checkpoint import (
     BEST_FILE,
@@ -18,9 +19,11 @@ from scripts.checkpoint import (
     atomic_torch_save,
     check_checkpoint,
     claim_checkpoint_dir,
+    network_state,
     release_checkpoint_dir,
 )
 from scripts.errors import InputError
+from scripts.inference import check_model
 from scripts.networks import get_network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,9 +102,19 @@ def test_checkpoint_checks_name_the_file_and_the_problem(tmp_path):
     torch.save(get_network("unet", "none", 2, 1, 3, features=4).state_dict(), plain)
     with pytest.raises(InputError, match=r"plain.pt' does not fit .*: \d+ weights missing \(e.g. '.*se"):
         check_checkpoint(plain, _net())
+    # a training checkpoint's network is read as MONAI's CheckpointLoader reads it: inference, evaluation, views and
+    # initial weights take checkpoint_latest.pt as they take model.pt
+    net = _net()
     latest = str(tmp_path / "latest.pt")
-    torch.save({"model": _net().state_dict(), "trainer": {"epoch": 1}}, latest)
-    assert check_checkpoint(latest, _net(), key="model") == latest
+    torch.save({"model": net.state_dict(), "optimizer": {"state": {}}, "trainer": {"epoch": 1}}, latest)
+    assert check_checkpoint(latest, _net()) == latest
+    assert check_model("torch", latest, "", _net()) == latest
+    assert network_state(latest).keys() == net.state_dict().keys()
+    loaded = _net()
+    CheckpointLoader(load_path=latest, load_dict={"model": loaded})(Engine(lambda engine, batch: None))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    with pytest.raises(InputError, match=r"latest\.pt' does not fit .* of other shape"):
+        check_checkpoint(latest, _net(features=4, classes=5))
 
 
 _HOLD = """
