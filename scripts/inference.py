@@ -290,8 +290,15 @@ class OnnxRuntimeNetwork(nn.Module):
         providers = ["CPUExecutionProvider"]
         if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        options = onnxruntime.SessionOptions()
+        # the threads torch was given (OMP_NUM_THREADS, or the cores this process may use), not ONNX Runtime's own
+        # count of the machine's physical cores: several processes on few cores must not oversubscribe them
+        options.intra_op_num_threads = torch.get_num_threads()
+        # memory patterns plan one buffer layout per input shape, and the batches of slices come in several shapes:
+        # without them the same speed and a lower peak (docs/README.md, "Speed of whole-volume inference")
+        options.enable_mem_pattern = False
         try:
-            self.session = onnxruntime.InferenceSession(path, providers=providers)
+            self.session = onnxruntime.InferenceSession(path, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
             raise InputError(
                 f"--onnx_file '{path}' cannot be loaded by ONNX Runtime: {str(e).splitlines()[0][:200]}"

@@ -36,9 +36,12 @@ def test_every_network_exports_with_dynamic_batch_and_size(arch, se, tmp_path):
     x = torch.rand(3, 1, 48, 40)  # another batch and slice size than the export's
     with torch.no_grad():
         expected = net(x)
-    got = OnnxRuntimeNetwork(path)(x)
+    runner = OnnxRuntimeNetwork(path)
+    got = runner(x)
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
     assert torch.equal(got.argmax(1), expected.argmax(1))
+    # the threads torch was given, not ONNX Runtime's count of the machine's cores
+    assert runner.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
 
 
 def _bundle(*args: str, cwd: str, check: bool = True) -> subprocess.CompletedProcess:
