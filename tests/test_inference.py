@@ -24,6 +24,7 @@ from scripts.inference import (
     AutocastInferer,
     FastInference,
     ForegroundBoxNetwork,
+    SliceBatches,
     argmax_in_inferer,
     native_bf16,
     resolve_precision,
@@ -158,6 +159,18 @@ def test_each_batch_of_slices_is_segmented_in_its_own_foreground_box():
         assert torch.equal(boxed(edge), net(edge).float()) and net.sizes[-2] == (20, 20)
 
 
+def test_a_batch_of_slices_runs_in_parts_of_at_most_max_pixels():
+    net = _Pointwise()
+    x = torch.rand(7, 1, 8, 6)
+    with torch.no_grad():
+        whole = net(x)
+        for max_pixels, parts in [(2 * 48 + 5, 4), (10, 7), (None, 1), (10**6, 1)]:  # one slice at least
+            calls = len(net.sizes)
+            out = SliceBatches(net, max_pixels)(x)
+            # the same values (up to rounding: the convolution may pick another kernel for another batch size)
+            assert len(net.sizes) - calls == parts and torch.allclose(out, whole, atol=1e-6)
+
+
 @pytest.mark.parametrize("crop, boxes", [("boxes", True), (True, False), ("slices", False), ("false", False)])
 def test_the_crop_option_chooses_the_slice_boxes(crop, boxes):
     assert slice_boxes(crop) is boxes
@@ -169,7 +182,11 @@ def test_the_crop_option_chooses_the_slice_boxes(crop, boxes):
     assert isinstance(network, ForegroundBoxNetwork) is boxes
     if boxes:  # the volume's crop and the boxes share the threshold, margin and size multiple
         assert (network.threshold, network.margin, network.k_divisible, network.num_classes) == (0.05, 8, 16, 28)
-        assert isinstance(network.network, FastInference)
+        network = network.network
+    # on the CPU in parts of 4 slices of 256^2 (inside the boxes); whole batches on CUDA
+    cpu = parser.get_parsed_content("device").type == "cpu"
+    assert isinstance(network, SliceBatches) is cpu and (not cpu or network.max_pixels == 2**18)
+    assert isinstance(network.network if cpu else network, FastInference)
     with pytest.raises(InputError, match="--crop_foreground 'box' is not one of true, false, slices, boxes"):
         inference.foreground_crop("box", 0.05, 8, 2, 16)
 
