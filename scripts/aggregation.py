@@ -138,15 +138,14 @@ def axis_aligned_argmax(
 
     A destination voxel is a weighted sum (non-negative weights) of its 8 source neighbours; where every neighbour of
     non-zero weight has the same argmax, so does the sum. Only the voxels among neighbours of different labels (the
-    boundaries: about a tenth of a 1 mm brain scan from a 2 mm model) are interpolated, every class at once, in
-    chunks of ``chunk_voxels``; the others take their neighbours' label. A voxel with no neighbour inside the source
-    is background (0).
+    boundaries between structures) are interpolated, every class at once, in chunks of ``chunk_voxels``; the others
+    take their neighbours' label. A voxel with no neighbour inside the source is background (0).
 
     Args:
         probabilities: ``(C, *source)`` class scores (non-negative for the argument above: probabilities).
         axes, scales, shifts: the index map of :func:`axis_aligned_map`.
         shape: the destination's spatial shape.
-        chunk_voxels: boundary voxels interpolated at once (memory: ``8 * C`` floats each).
+        chunk_voxels: boundary voxels interpolated at once (memory: about ``2 * C`` floats each).
 
     Returns:
         ``(1, *shape)`` int64 labels on the destination grid, where ``probabilities`` are.
