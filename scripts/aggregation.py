@@ -166,7 +166,7 @@ def axis_aligned_argmax(
         better = probabilities[c] > best
         source.masked_fill_(better, c)
         best = torch.maximum(best, probabilities[c], out=best)
-    del best, better
+    del best
     source = source.permute(*axes).contiguous()
 
     def gather(volume: torch.Tensor, corner: tuple[int, int, int]) -> torch.Tensor:

@@ -129,14 +129,23 @@ class SliceBatches(nn.Module):
 
     Args:
         network: the 2D network (or its fast wrapper).
-        max_pixels: slices x height x width per part; ``None`` or 0: the whole batch at once.
+        max_pixels: slices x height x width per part; ``None`` (or ``"null"``) or 0: the whole batch at once.
 
     Shapes:
         input ``(N, C, H, W)``, output the network's, its parts concatenated along the batch.
+
+    Raises:
+        InputError: ``max_pixels`` is not a whole number >= 0 (or ``None``).
     """
 
     def __init__(self, network: nn.Module, max_pixels: int | None) -> None:
         super().__init__()
+        if isinstance(max_pixels, str) and max_pixels.strip().lower() in ("null", "none"):
+            max_pixels = None  # as typed on the command line
+        if max_pixels is not None and (
+            isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0
+        ):
+            raise InputError(f"--max_batch_pixels {max_pixels!r} is not a whole number of pixels >= 0 (or null)")
         self.network = network
         self.max_pixels = int(max_pixels or 0)
 
@@ -369,7 +378,7 @@ def inference_network(
         module: nn.Module = OnnxRuntimeNetwork(onnx_file, device)
     else:
         module = FastInference(network, precision, channels_last, device)
-    if max_batch_pixels:
+    if max_batch_pixels is not None:
         # inside the boxes: a batch's box is the same whatever its parts
         module = SliceBatches(module, max_batch_pixels)
     return ForegroundBoxNetwork(module, **boxes) if boxes else module

@@ -133,6 +133,7 @@ def test_argmax_of_the_interpolation_is_interpolated_only_at_boundaries(classes)
         assert torch.equal(labels, expected)
     # the first two voxels (index -1.75 and -1.25 on the source's axis 1) have no neighbour there: background
     assert (labels[0, :2] == 0).all() and (labels[0, 2:] != 0).any()
+    assert (axis_aligned_argmax(probs[:1], axes, scales, shifts, shape) == 0).all()  # one class
 
 
 def test_separable_inversion_runs_where_the_values_are():

@@ -169,6 +169,10 @@ def test_a_batch_of_slices_runs_in_parts_of_at_most_max_pixels():
             out = SliceBatches(net, max_pixels)(x)
             # the same values (up to rounding: the convolution may pick another kernel for another batch size)
             assert len(net.sizes) - calls == parts and torch.allclose(out, whole, atol=1e-6)
+        assert SliceBatches(net, "null").max_pixels == 0  # as typed on the command line
+    for bad in (-1, 2.5, "many", True):
+        with pytest.raises(InputError, match=rf"--max_batch_pixels {bad!r} is not a whole number of pixels >= 0"):
+            SliceBatches(net, bad)
 
 
 @pytest.mark.parametrize("crop, boxes", [("boxes", True), (True, False), ("slices", False), ("false", False)])
