@@ -151,6 +151,9 @@ def volume(args: argparse.Namespace) -> None:
         tcmalloc = find_tcmalloc() if args.tcmalloc == "auto" else args.tcmalloc
         if tcmalloc is None or not os.path.isfile(tcmalloc):
             raise SystemExit(f"--tcmalloc: {args.tcmalloc!r} not found; python -m scripts.allocator says how to get it")
+    unknown = [name for name in args.only if name not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"--only: unknown setting {unknown[0]!r}; expected some of {list(SETTINGS)}")
     print(
         f"CPU: {cpu_kind()}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
         f"allocator: {loaded_allocator()}"
@@ -169,7 +172,8 @@ def volume(args: argparse.Namespace) -> None:
         os.makedirs(scan_dir)
         name = os.path.basename(args.image)
         os.symlink(os.path.abspath(args.image), os.path.join(scan_dir, name))
-        settings = dict(SETTINGS)
+        # "plain fp32" always runs: it is the reference of the Dice columns
+        settings = {k: v for k, v in SETTINGS.items() if not args.only or k in args.only or k == "plain fp32"}
         if resolve_precision("auto", "cpu") == "fp32":
             # no native BF16: "auto" is fp32, and its settings would time the fp32 ones again
             settings = {k: v for k, v in settings.items() if not k.startswith("auto precision")}
@@ -488,6 +492,13 @@ def main(argv: list[str] | None = None) -> None:
     vol.add_argument("--config", action="append", default=[], help="configs merged over inference.yaml")
     vol.add_argument("--onnx", help="the network's ONNX export, to time ONNX Runtime too (configs/onnx_export.yaml)")
     vol.add_argument("--repeats", type=int, default=1, help="runs per setting (median wall time)")
+    vol.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="SETTING",
+        help="run these settings (their names as the table prints them) and the plain one, not all",
+    )
     vol.add_argument(
         "--tcmalloc",
         nargs="?",

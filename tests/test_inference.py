@@ -246,6 +246,17 @@ def test_volume_benchmark_prints_every_setting(tmp_path):
     assert plain[-2:] == ["1.0000", "1.0000"]  # the reference against itself
 
 
+def test_volume_benchmark_refuses_an_unknown_setting_before_work(tmp_path):
+    cmd = [sys.executable, "-m", "scripts.benchmark", "volume", "--image", str(tmp_path / "none.nii.gz"),
+           "--checkpoint", str(tmp_path / "none.pt"), "--only", "default", "--", "--features", "4"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "matmul" not in result.stdout
+    assert (
+        "--only: unknown setting 'default'" in result.stderr
+        and "default (fp32 + channels-last + crop)" in result.stderr
+    )
+
+
 def test_peer_benchmark_prints_ours_beside_monais_networks(tmp_path):
     figures = str(tmp_path / "peers.json")
     cmd = [sys.executable, "-m", "scripts.benchmark", "peers", "--size", "32", "--features", "4", "--batch", "2",
