@@ -154,14 +154,22 @@ def volume(args: argparse.Namespace) -> None:
     unknown = [name for name in args.only if name not in SETTINGS]
     if unknown:
         raise SystemExit(f"--only: unknown setting {unknown[0]!r}; expected some of {list(SETTINGS)}")
+    # where the bundle runs the network: the config's choice (CUDA when present) unless overridden (-- --device cpu)
+    device = torch.device(_parser(configs, args.overrides).get_parsed_content("device"))
     print(
         f"CPU: {cpu_kind()}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
         f"allocator: {loaded_allocator()}"
     )
-    peaks = {"fp32": matmul_gflops(torch.float32)}
-    if native_bf16():
-        peaks["bf16"] = matmul_gflops(torch.bfloat16)
-    print("matmul peak (4096^2, median of 5): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    reduced = resolve_precision("auto", device)
+    if device.type == "cuda":
+        print(f"network on {device} ({torch.cuda.get_device_name(device)}); peak GiB: the host process's memory")
+    peaks = {"fp32": matmul_gflops(torch.float32, device=device)}
+    if reduced != "fp32":
+        peaks[reduced] = matmul_gflops(_DTYPES[reduced], device=device)
+    print(
+        f"matmul peak on {device.type} (4096^2, median of 5): "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+    )
     source = nib.load(args.image)
     print(
         f"image: {args.image} {source.shape} voxel {tuple(round(float(z), 2) for z in source.header.get_zooms()[:3])}"
@@ -174,7 +182,7 @@ def volume(args: argparse.Namespace) -> None:
         os.symlink(os.path.abspath(args.image), os.path.join(scan_dir, name))
         # "plain fp32" always runs: it is the reference of the Dice columns
         settings = {k: v for k, v in SETTINGS.items() if not args.only or k in args.only or k == "plain fp32"}
-        if resolve_precision("auto", "cpu") == "fp32":
+        if reduced == "fp32":
             # no native BF16: "auto" is fp32, and its settings would time the fp32 ones again
             settings = {k: v for k, v in settings.items() if not k.startswith("auto precision")}
             print(
@@ -218,6 +226,8 @@ def volume(args: argparse.Namespace) -> None:
             outputs[setting] = np.asarray(nib.load(os.path.join(out, seg)).dataobj)
             shape, flops = _network_work(configs, extra, os.path.join(scan_dir, name))
             results[setting] = (statistics.median(walls), peak, shape, flops)
+            # as it goes: a run cut short (a time limit) keeps the settings it finished
+            print(f"[{index + 1}/{len(settings)}] {setting}: {results[setting][0]:.1f} s, {peak:.2f} GiB", flush=True)
     reference = outputs["plain fp32"]
     labels = [int(v) for v in np.unique(reference) if v != 0]
     print(f"\n{'setting':<62} {'wall s':>7} {'peak GiB':>9} {'slices':>14} {'TFLOP':>6} {'floor s':>12} "
