@@ -1,7 +1,7 @@
 """Benchmarks that print figures: whole-volume inference end to end, and our networks beside MONAI's peers.
 
     python -m scripts.benchmark volume --image scan.nii.gz --checkpoint models/model.pt [--onnx models/model.onnx]
-        [--config ...] [-- overrides]
+        [--config ...] [--only "<setting>" ...] [-- overrides, e.g. --device cpu]
     python -m scripts.benchmark peers [--size 256 --features 64 --batch 4 --precision fp32 --volume_slices 0]
 
 ``peers``: our U-Net, SD-Net and FC-DenseNet without SE and with scSE beside MONAI's ``BasicUNet`` and ``Quicknat``
@@ -17,8 +17,9 @@ Each setting runs ``python -m monai.bundle run inference`` in its own process (r
 write: what a user waits for), alone, ``--repeats`` times; the median wall time and the peak resident memory are
 printed, with per-structure Dice of every setting's labels against the plain path's, the arithmetic the network
 computed (FLOPs counted by torch on the slices the setting segments), and the floor that arithmetic sets at the
-float32 and bfloat16 matmul rates measured on this machine. The CPU's kind is printed first: figures from machines
-with and without AVX-512 differ about 2x.
+float32 and reduced-precision matmul rates measured where the network runs (the config's device: CUDA when present,
+unless ``-- --device cpu``). The CPU's kind is printed first: figures from machines with and without AVX-512 differ
+about 2x.
 """
 
 from __future__ import annotations
