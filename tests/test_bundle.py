@@ -106,6 +106,19 @@ def test_multi_gpu_config_trains_with_two_cpu_processes(tiny, tmp_path):
     assert not any(k.startswith("module.") for k in state)
 
 
+def test_multi_gpu_training_with_fewer_validation_volumes_than_ranks(tmp_path):
+    # one validation volume, two ranks: MONAI's DistributedSampler refuses to split it; every rank validates all of it
+    data = str(tmp_path / "data")
+    generate_dataset(data, num_subjects=4, shape=(32, 32, 32), seed=4, num_validation=1, num_test=1)
+    io = ["--dataset_dir", data, "--default_dataset_dir", str(tmp_path / "unused")]
+    io += ["--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out")]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534"]
+    result = bundle("run", "training", "--config_file", MULTI_GPU, *io, *TINY, cwd=str(tmp_path), launcher=launcher)
+    logged = result.stdout + result.stderr
+    assert "Epoch[1] Metrics -- val_loss" in logged and "Epoch[2] Metrics -- val_loss" in logged
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
 @pytest.mark.parametrize("where", ["bundle root", "elsewhere with PYTHONPATH"])
 def test_torchscript_export_of_the_trained_checkpoint(tiny, tmp_path, where):
     # ckpt_export never puts the bundle on sys.path: run it from the bundle root or with PYTHONPATH (README)
