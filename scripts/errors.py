@@ -18,7 +18,16 @@ import re
 import sys
 from types import TracebackType
 
-__all__ = ["InputError", "as_bool", "as_choice", "check_options", "find_refusal", "one_line_errors", "refusal_message"]
+__all__ = [
+    "InputError",
+    "as_bool",
+    "as_choice",
+    "check_device",
+    "check_options",
+    "find_refusal",
+    "one_line_errors",
+    "refusal_message",
+]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -179,3 +188,30 @@ def as_choice(value: object, choices: list[str], name: str = "option") -> str:
     if value not in choices:
         raise InputError(f"--{name} {value!r} is not one of {', '.join(choices)}")
     return str(value)
+
+
+def check_device(device: object) -> bool:
+    """Refuse, in one line before any work, a device this machine cannot run on (``--device cuda`` on a CPU build of
+    PyTorch or without a visible GPU, a CUDA index past the visible ones, a name that is not a device).
+
+    Args:
+        device: the config's ``device``, a ``torch.device`` or a string such as ``cpu``, ``cuda``, ``cuda:1``.
+
+    Returns:
+        ``True``.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r} is not a device; expected cpu, cuda or cuda:N") from None
+    if dev.type != "cuda":
+        return True
+    if not torch.cuda.is_available():
+        why = "this PyTorch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise InputError(f"--device {device}: {why}; use --device cpu, or leave --device out")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise InputError(f"--device {device}: {count} CUDA device(s) visible, so cuda:0 to cuda:{count - 1}")
+    return True

@@ -148,6 +148,7 @@ def test_verify_net_in_out_with_the_metadata(tmp_path):
         (["--arch", "resnet"], "unknown arch 'resnet'; valid: unet, sdnet, densenet"),
         (["--se", "se"], "unknown se 'se'; valid: none, cse, sse, scse"),
         (["--dataset_dir", "/no/such/folder"], "dataset_dir '/no/such/folder' does not exist"),
+        (["--device", "cuda:99"], "ERROR: --device cuda:99: "),  # a CPU-only build here; 99 past the GPUs elsewhere
     ],
 )
 def test_bad_input_is_refused_before_training(tiny, tmp_path, override, message):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from scripts.errors import InputError, as_bool, check_options, find_refusal, refusal_message
+from scripts.errors import InputError, as_bool, check_device, check_options, find_refusal, refusal_message
 
 
 def test_switches_read_as_the_command_line_gives_them():
@@ -26,6 +27,21 @@ def test_option_ranges():
     ):
         with pytest.raises(InputError, match=message):
             check_options(**options)
+
+
+def test_devices_this_machine_cannot_run_on_are_refused():
+    assert check_device("cpu") and check_device(torch.device("cpu"))
+    with pytest.raises(InputError, match=r"^--device 'gpu' is not a device; expected cpu, cuda or cuda:N$"):
+        check_device("gpu")
+    if torch.cuda.is_available():
+        assert check_device("cuda:0")
+        with pytest.raises(InputError, match="CUDA device\\(s\\) visible"):
+            check_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(
+            InputError, match=r"^--device cuda: (this PyTorch is a CPU-only build|no CUDA GPU is visible)"
+        ):
+            check_device("cuda")
 
 
 def test_refusals_are_found_inside_the_wrappers_and_bugs_are_not():

@@ -180,7 +180,7 @@ def test_a_second_training_into_the_same_ckpt_dir_is_refused(data, trained, tmp_
     assert_refused(second, f"'{ckpt}' is in use by another training (pid {first.pid}")
 
 
-@pytest.mark.parametrize("case", ["other network", "corrupt", "unwritable output"])
+@pytest.mark.parametrize("case", ["other network", "corrupt", "unwritable output", "no such device"])
 def test_inference_refuses_in_one_line_before_any_work(data, trained, tmp_path, case):
     out = str(tmp_path / "seg")
     truncated = str(tmp_path / "truncated.pt")
@@ -193,6 +193,7 @@ def test_inference_refuses_in_one_line_before_any_work(data, trained, tmp_path, 
         "other network": (["--checkpoint", trained, "--features", "8"], ["does not fit", "--features"]),
         "corrupt": (["--checkpoint", truncated, "--features", "4"], ["truncated.pt' cannot be read"]),
         "unwritable output": (["--checkpoint", trained, "--features", "4"], ["--output_dir", "cannot be written"]),
+        "no such device": (["--checkpoint", trained, "--features", "4", "--device", "cuda:99"], ["--device cuda:99: "]),
     }[case]
     io = ["--dataset_dir", os.path.join(data, "imagesTr"), "--output_dir", unwritable if "output" in case else out]
     result = run("run", "inference", "--config_file", INFERENCE, *io, *args, cwd=str(tmp_path))
