@@ -3,6 +3,7 @@
     python -m scripts.benchmark volume --image scan.nii.gz --checkpoint models/model.pt [--onnx models/model.onnx]
         [--config ...] [--only "<setting>" ...] [-- overrides, e.g. --device cpu]
     python -m scripts.benchmark peers [--size 256 --features 64 --batch 4 --precision fp32 --volume_slices 0]
+        [--peers false: ours only, for the SE blocks' cost]
 
 ``peers``: our U-Net, SD-Net and FC-DenseNet without SE and with scSE beside MONAI's ``BasicUNet`` and ``Quicknat``
 (without SE and with its cSE), at the same slice size, filters and classes, in one process, the networks taking
@@ -10,7 +11,9 @@ turns in every repeat (a change of the machine's load hits all alike): median ti
 per slice, of a training step (forward, backward, SGD) per batch and, with ``--volume_slices``, of a whole stack of
 slices; the FLOPs torch counts, the GFLOP/s they achieve against the matmul peak measured in the same run, the
 ratios to our U-Net + scSE, and each network's peak memory (resident memory of a process of its own on a CPU, the
-allocator's peak on CUDA).
+allocator's peak on CUDA). The SE blocks' cost, scSE / no SE for each of our networks, is the median of the ratios
+of the two within each repeat, with their range: it is steadier than a ratio of medians on a machine whose speed
+drifts.
 
 ``volume``:
 Each setting runs ``python -m monai.bundle run inference`` in its own process (read, preprocess, segment, invert,
@@ -46,7 +49,17 @@ from .errors import InputError, as_bool
 from .inference import _DTYPES, PRECISIONS, FastInference, native_bf16, resolve_precision
 from .outputs import atomic_write
 
-__all__ = ["SETTINGS", "cpu_kind", "inference_step", "main", "matmul_gflops", "peer_networks", "time_interleaved"]
+__all__ = [
+    "SETTINGS",
+    "cpu_kind",
+    "inference_step",
+    "main",
+    "matmul_gflops",
+    "paired_ratio",
+    "peer_networks",
+    "time_interleaved",
+    "time_interleaved_runs",
+]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> overrides of configs/inference.yaml; "plain" is the reference the others are compared with
@@ -248,11 +261,14 @@ def volume(args: argparse.Namespace) -> None:
     print(f"this benchmark's own peak memory: {_own_peak_gib():.2f} GiB (a floor of the 'peak GiB' column)")
 
 
-def peer_networks(num_classes: int, features: int, kernel_size: int) -> dict[str, torch.nn.Module]:
+def peer_networks(
+    num_classes: int, features: int, kernel_size: int, monai_peers: bool = True
+) -> dict[str, torch.nn.Module]:
     """Ours (no SE, scSE) and MONAI's peers, 2D, one input channel, ``num_classes`` outputs, ``features`` filters.
 
     MONAI's ``BasicUNet`` gets ``features`` at its first level, doubling down to 8x (its own 3x3 kernels);
     ``Quicknat`` (the dense blocks our FC-DenseNet follows) gets ``features`` filters and ``kernel_size`` kernels.
+    ``monai_peers=False``: ours only (the SE blocks' cost, in a third of the time).
     """
     from monai.networks.nets import BasicUNet, Quicknat
 
@@ -264,6 +280,8 @@ def peer_networks(num_classes: int, features: int, kernel_size: int) -> dict[str
             nets[f"ours {arch} + {se}"] = get_network(
                 arch, se, 2, 1, num_classes, features=features, kernel_size=kernel_size
             )
+    if not monai_peers:
+        return nets
     f = features
     nets["MONAI BasicUNet"] = BasicUNet(2, 1, num_classes, features=(f, f, 2 * f, 4 * f, 8 * f, f))
     for se in ("None", "CSE"):
@@ -277,8 +295,11 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=_DTYPES[precision])
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each step, the steps taking turns within every repeat after one warm-up call each."""
+def time_interleaved_runs(
+    steps: dict[str, Callable[[], None]], repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds of each step in every repeat, the steps taking turns within every repeat after one warm-up call
+    each (a change of the machine's load hits all alike, and neighbours in a repeat are seconds apart)."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for step in steps.values():
         step()
@@ -289,7 +310,24 @@ def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, device:
             step()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each step, the steps taking turns within every repeat after one warm-up call each."""
+    return {name: statistics.median(t) for name, t in time_interleaved_runs(steps, repeats, device).items()}
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> tuple[float, float, float]:
+    """The ratio of two interleaved steps as the median of their ratios within each repeat, with the smallest and
+    largest: a machine whose speed drifts over minutes (these CPUs' matmul rate varies by 20-30% within a session)
+    moves both steps of a repeat alike, so the paired ratio is steadier than a ratio of the two medians.
+
+    Returns:
+        ``(median, min, max)`` of ``times[i] / reference[i]``.
+    """
+    ratios = [t / r for t, r in zip(times, reference)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def inference_step(
@@ -377,7 +415,7 @@ def peers(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     args.precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)
-    nets = peer_networks(args.classes, args.features, args.kernel_size)
+    nets = peer_networks(args.classes, args.features, args.kernel_size, args.peers)
     x = torch.randn(args.batch, 1, args.size, args.size, device=device)
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
     if args._memory_of:  # the child process of _peer_memory: one network, one batch, one step
@@ -406,7 +444,8 @@ def peers(args: argparse.Namespace) -> None:
         net.to(device)
     infer = {name: inference_step(net.eval(), x, args.precision, args.channels_last) for name, net in nets.items()}
     infer_flops = {name: _count_flops(step) for name, step in infer.items()}
-    infer_s = time_interleaved(infer, args.repeats, device)
+    infer_runs = time_interleaved_runs(infer, args.repeats, device)
+    infer_s = {name: statistics.median(t) for name, t in infer_runs.items()}
     volume_s: dict[str, float] = {}
     if args.volume_slices:
         stack = torch.randn(args.volume_slices, 1, args.size, args.size)
@@ -426,7 +465,8 @@ def peers(args: argparse.Namespace) -> None:
     train = {name: _training_step(net.train().to(memory_format=torch.contiguous_format), x, y, args.precision)
              for name, net in nets.items()}  # fmt: skip
     train_flops = {name: _count_flops(step) for name, step in train.items()}
-    train_s = time_interleaved(train, args.repeats, device)
+    train_runs = time_interleaved_runs(train, args.repeats, device)
+    train_s = {name: statistics.median(t) for name, t in train_runs.items()}
     if device.type == "cuda":
         memory = {name: _peer_memory(args, name) for name in nets}
     else:  # a process per network, each reporting its own peak: two at a time only shortens the wait (imports)
@@ -468,17 +508,22 @@ def peers(args: argparse.Namespace) -> None:
         line += f" {memory[name]:.2f} |"
         rows.append(row)
         print(line)
+    # the SE blocks' cost as the median of the ratios within each repeat (paired_ratio), with their range
+    se_ratios = {}
+    print(f"scSE / no SE: median of the {args.repeats} ratios within a repeat [smallest-largest]")
     for arch in ("unet", "sdnet", "densenet"):
         se, plain = f"ours {arch} + scse", f"ours {arch} + none"
-        print(
-            f"scSE / no SE, ours {arch}: inference {infer_s[se] / infer_s[plain]:.3f}, "
-            f"training step {train_s[se] / train_s[plain]:.3f}"
-        )
-    quick = "MONAI Quicknat + CSE"
-    print(f"training step, {quick} / ours densenet + scse: "
-          f"{train_s[quick] / train_s['ours densenet + scse']:.2f}x")  # fmt: skip
+        ratios = {"inference": paired_ratio(infer_runs[se], infer_runs[plain]),
+                  "training_step": paired_ratio(train_runs[se], train_runs[plain])}  # fmt: skip
+        se_ratios[arch] = {kind: dict(zip(("median", "min", "max"), r)) for kind, r in ratios.items()}
+        print(f"scSE / no SE, ours {arch}: " + ", ".join(
+            f"{kind.replace('_', ' ')} {r[0]:.3f} [{r[1]:.3f}-{r[2]:.3f}]" for kind, r in ratios.items()))  # fmt: skip
+    if args.peers:
+        quick = "MONAI Quicknat + CSE"
+        print(f"training step, {quick} / ours densenet + scse: "
+              f"{train_s[quick] / train_s['ours densenet + scse']:.2f}x")  # fmt: skip
     if args.json:
-        figures = {"peak_gflops": peak, "precision": args.precision, "rows": rows}
+        figures = {"peak_gflops": peak, "precision": args.precision, "rows": rows, "se_ratios": se_ratios}
         atomic_write(args.json, lambda path: json.dump(figures, open(path, "w"), indent=1))
 
 
@@ -517,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
         help="also run every setting but the plain one with tcmalloc preloaded (a path, or found on the system)",
     )
     vol.add_argument("overrides", nargs="*", help="bundle overrides after --, e.g. -- --features 32")
-    peer = commands.add_parser("peers", help="our networks beside MONAI's BasicUNet and Quicknat")
+    peer = commands.add_parser("peers", help="our networks (no SE, scSE) beside MONAI's BasicUNet and Quicknat")
     peer.add_argument("--size", type=int, default=256, help="slice size (the paper's 256)")
     peer.add_argument("--features", type=int, default=64, help="filters (the paper's 64)")
     peer.add_argument("--kernel_size", type=int, default=5)
@@ -535,6 +580,12 @@ def main(argv: list[str] | None = None) -> None:
     peer.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
     peer.add_argument("--volume_slices", type=int, default=0, help="also time a stack of this many slices (e.g. 256)")
     peer.add_argument("--json", help="also write the figures to this JSON file")
+    peer.add_argument(
+        "--peers",
+        type=_switch("peers"),
+        default=True,
+        help="also time MONAI's BasicUNet and Quicknat (false: our six networks only, for the SE blocks' cost)",
+    )
     peer.add_argument("--_memory_of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     {"volume": volume, "peers": peers}[args.command](args)

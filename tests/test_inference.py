@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 from monai.inferers import SliceInferer
 
 from scripts import inference
-from scripts.benchmark import SETTINGS
+from scripts.benchmark import SETTINGS, paired_ratio, peer_networks
 from scripts.data.synthetic import generate_dataset
 from scripts.errors import InputError
 from scripts.inference import (
@@ -270,8 +270,14 @@ def test_peer_benchmark_prints_ours_beside_monais_networks(tmp_path):
     names = [line.split("|")[1].strip() for line in table]
     assert names == [f"ours {a} + {se}" for a in ("unet", "sdnet", "densenet") for se in ("none", "scse")] + [
         "MONAI BasicUNet", "MONAI Quicknat + None", "MONAI Quicknat + CSE"]  # fmt: skip
-    assert sum("scSE / no SE" in line for line in lines) == 3 and "Quicknat + CSE / ours densenet" in lines[-1]
-    rows = {row["network"]: row for row in json.load(open(figures))["rows"]}
+    assert sum(line.startswith("scSE / no SE, ours") for line in lines) == 3
+    assert "Quicknat + CSE / ours densenet" in lines[-1]
+    saved = json.load(open(figures))
+    rows = {row["network"]: row for row in saved["rows"]}
+    for arch in ("unet", "sdnet", "densenet"):  # one repeat: the paired ratio is the ratio of the two times
+        ratio = saved["se_ratios"][arch]["training_step"]
+        expected = rows[f"ours {arch} + scse"]["train_step_ms"] / rows[f"ours {arch} + none"]["train_step_ms"]
+        assert ratio["min"] == ratio["median"] == ratio["max"] == pytest.approx(expected)
     assert rows["ours unet + scse"]["inference_ratio"] == 1.0 and rows["ours unet + scse"]["train_ratio"] == 1.0
     for row in rows.values():
         assert row["inference_ms_per_slice"] > 0 and row["train_step_ms"] > 0 and row["volume_s"] > 0
@@ -282,6 +288,16 @@ def test_peer_benchmark_prints_ours_beside_monais_networks(tmp_path):
     assert refused.returncode == 2 and refused.stderr.strip().endswith(
         "argument --channels_last: --channels_last 'maybe' is not a switch; expected true or false"
     )
+    refused = subprocess.run([*cmd[:4], "--peers", "maybe"], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--peers 'maybe' is not a switch" in refused.stderr
+
+
+def test_paired_ratio_takes_the_median_of_the_ratios_within_each_repeat():
+    # ratios 1.1, 1.1, 1.1, 1.0 within repeats on a machine that slows down 8x over them
+    ratio, low, high = paired_ratio([1.1, 2.2, 4.4, 8.0], [1.0, 2.0, 4.0, 8.0])
+    assert ratio == pytest.approx(1.1) and low == pytest.approx(1.0) and high == pytest.approx(1.1)
+    assert list(peer_networks(3, 4, 3, monai_peers=False)) == [
+        f"ours {a} + {se}" for a in ("unet", "sdnet", "densenet") for se in ("none", "scse")]  # fmt: skip
 
 
 def test_autocast_inferer_runs_the_forward_pass_in_the_chosen_precision(monkeypatch):
