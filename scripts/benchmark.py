@@ -318,16 +318,18 @@ def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, device:
     return {name: statistics.median(t) for name, t in time_interleaved_runs(steps, repeats, device).items()}
 
 
-def paired_ratio(times: list[float], reference: list[float]) -> tuple[float, float, float]:
-    """The ratio of two interleaved steps as the median of their ratios within each repeat, with the smallest and
-    largest: a machine whose speed drifts over minutes (these CPUs' matmul rate varies by 20-30% within a session)
-    moves both steps of a repeat alike, so the paired ratio is steadier than a ratio of the two medians.
+def paired_ratio(times: list[float], reference: list[float]) -> dict[str, float]:
+    """The ratio of two interleaved steps as the median of their ratios within each repeat, with the quartiles and
+    extremes of those ratios: a machine whose speed drifts over minutes (these CPUs' matmul rate varies by 20-30%
+    within a session) moves both steps of a repeat alike, so the paired ratio is steadier than a ratio of the two
+    medians, and the spread says how far a single repeat can be trusted.
 
     Returns:
-        ``(median, min, max)`` of ``times[i] / reference[i]``.
+        ``median``, ``q1``, ``q3``, ``min`` and ``max`` of ``times[i] / reference[i]``.
     """
     ratios = [t / r for t, r in zip(times, reference)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {"median": statistics.median(ratios), "q1": q1, "q3": q3, "min": min(ratios), "max": max(ratios)}
 
 
 def inference_step(
@@ -489,7 +491,9 @@ def peers(args: argparse.Namespace) -> None:
                "gflop_per_slice": infer_flops[name] / args.batch / 1e9, "inference_ms_per_slice": 1000 * per_slice,
                "inference_ratio": infer_s[name] / infer_s[ref], "inference_gflops": gflops_i,
                "train_step_ms": 1000 * train_s[name], "train_ratio": train_s[name] / train_s[ref],
-               "train_gflops": gflops_t, "peak_gib": memory[name]}  # fmt: skip
+               "train_gflops": gflops_t, "peak_gib": memory[name],
+               "inference_runs_ms": [1000 * t for t in infer_runs[name]],
+               "train_step_runs_ms": [1000 * t for t in train_runs[name]]}  # fmt: skip
         cells = [
             name,
             f"{row['parameters']:,}",
@@ -510,14 +514,15 @@ def peers(args: argparse.Namespace) -> None:
         print(line)
     # the SE blocks' cost as the median of the ratios within each repeat (paired_ratio), with their range
     se_ratios = {}
-    print(f"scSE / no SE: median of the {args.repeats} ratios within a repeat [smallest-largest]")
+    print(f"scSE / no SE: the median of the {args.repeats} ratios within a repeat, their quartiles and range")
     for arch in ("unet", "sdnet", "densenet"):
         se, plain = f"ours {arch} + scse", f"ours {arch} + none"
         ratios = {"inference": paired_ratio(infer_runs[se], infer_runs[plain]),
                   "training_step": paired_ratio(train_runs[se], train_runs[plain])}  # fmt: skip
-        se_ratios[arch] = {kind: dict(zip(("median", "min", "max"), r)) for kind, r in ratios.items()}
+        se_ratios[arch] = ratios
         print(f"scSE / no SE, ours {arch}: " + ", ".join(
-            f"{kind.replace('_', ' ')} {r[0]:.3f} [{r[1]:.3f}-{r[2]:.3f}]" for kind, r in ratios.items()))  # fmt: skip
+            f"{kind.replace('_', ' ')} {r['median']:.3f} (quartiles {r['q1']:.3f}-{r['q3']:.3f}, range "
+            f"{r['min']:.3f}-{r['max']:.3f})" for kind, r in ratios.items()))  # fmt: skip
     if args.peers:
         quick = "MONAI Quicknat + CSE"
         print(f"training step, {quick} / ours densenet + scse: "
