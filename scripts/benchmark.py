@@ -3,7 +3,7 @@
     python -m scripts.benchmark volume --image scan.nii.gz --checkpoint models/model.pt [--onnx models/model.onnx]
         [--config ...] [--only "<setting>" ...] [-- overrides, e.g. --device cpu]
     python -m scripts.benchmark peers [--size 256 --features 64 --batch 4 --precision fp32 --volume_slices 0]
-        [--peers false: ours only, for the SE blocks' cost]
+        [--peers false: ours only, for the SE blocks' cost] [--memory false: no process per network for its peak]
 
 ``peers``: our U-Net, SD-Net and FC-DenseNet without SE and with scSE beside MONAI's ``BasicUNet`` and ``Quicknat``
 (without SE and with its cSE), at the same slice size, filters and classes, in one process, the networks taking
@@ -469,7 +469,10 @@ def peers(args: argparse.Namespace) -> None:
     train_flops = {name: _count_flops(step) for name, step in train.items()}
     train_runs = time_interleaved_runs(train, args.repeats, device)
     train_s = {name: statistics.median(t) for name, t in train_runs.items()}
-    if device.type == "cuda":
+    memory: dict[str, float | None] = dict.fromkeys(nets)
+    if not args.memory:
+        pass
+    elif device.type == "cuda":
         memory = {name: _peer_memory(args, name) for name in nets}
     else:  # a process per network, each reporting its own peak: two at a time only shortens the wait (imports)
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -509,7 +512,7 @@ def peers(args: argparse.Namespace) -> None:
         if volume_s:
             row["volume_s"] = volume_s[name]
             line += f" {volume_s[name]:.1f} |"
-        line += f" {memory[name]:.2f} |"
+        line += " - |" if memory[name] is None else f" {memory[name]:.2f} |"
         rows.append(row)
         print(line)
     # the SE blocks' cost as the median of the ratios within each repeat (paired_ratio), with their range
@@ -590,6 +593,12 @@ def main(argv: list[str] | None = None) -> None:
         type=_switch("peers"),
         default=True,
         help="also time MONAI's BasicUNet and Quicknat (false: our six networks only, for the SE blocks' cost)",
+    )
+    peer.add_argument(
+        "--memory",
+        type=_switch("memory"),
+        default=True,
+        help="also measure every network's peak memory (on a CPU a process each, which imports MONAI again)",
     )
     peer.add_argument("--_memory_of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
