@@ -12,8 +12,8 @@ per slice, of a training step (forward, backward, SGD) per batch and, with ``--v
 slices; the FLOPs torch counts, the GFLOP/s they achieve against the matmul peak measured in the same run, the
 ratios to our U-Net + scSE, and each network's peak memory (resident memory of a process of its own on a CPU, the
 allocator's peak on CUDA). The SE blocks' cost, scSE / no SE for each of our networks, is the median of the ratios
-of the two within each repeat, with their range: it is steadier than a ratio of medians on a machine whose speed
-drifts.
+of the two within each repeat, with their quartiles and range: it is steadier than a ratio of medians on a machine
+whose speed drifts.
 
 ``volume``:
 Each setting runs ``python -m monai.bundle run inference`` in its own process (read, preprocess, segment, invert,
@@ -469,12 +469,12 @@ def peers(args: argparse.Namespace) -> None:
     train_flops = {name: _count_flops(step) for name, step in train.items()}
     train_runs = time_interleaved_runs(train, args.repeats, device)
     train_s = {name: statistics.median(t) for name, t in train_runs.items()}
-    memory: dict[str, float | None] = dict.fromkeys(nets)
-    if not args.memory:
-        pass
-    elif device.type == "cuda":
+    memory: dict[str, float | None] = dict.fromkeys(nets)  # None: not measured (--memory false)
+    if args.memory and device.type == "cuda":
         memory = {name: _peer_memory(args, name) for name in nets}
-    else:  # a process per network, each reporting its own peak: two at a time only shortens the wait (imports)
+    elif (
+        args.memory
+    ):  # a process per network, each reporting its own peak: two at a time only shortens the wait (imports)
         with ThreadPoolExecutor(max_workers=2) as pool:
             memory = dict(zip(nets, pool.map(lambda name: _peer_memory(args, name), nets)))
     ref = "ours unet + scse"
@@ -515,7 +515,7 @@ def peers(args: argparse.Namespace) -> None:
         line += " - |" if memory[name] is None else f" {memory[name]:.2f} |"
         rows.append(row)
         print(line)
-    # the SE blocks' cost as the median of the ratios within each repeat (paired_ratio), with their range
+    # the SE blocks' cost as the median of the ratios within each repeat (paired_ratio), with their spread
     se_ratios = {}
     print(f"scSE / no SE: the median of the {args.repeats} ratios within a repeat, their quartiles and range")
     for arch in ("unet", "sdnet", "densenet"):
