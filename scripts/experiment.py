@@ -2,7 +2,8 @@
 
     # train and evaluate every (arch, se) of the grid, each in runs/NAME/<arch>_<se>/
     python -m scripts.experiment run --out runs/NAME --archs unet sdnet densenet --se none cse sse scse \\
-        [--config configs/data/brain27.yaml --config configs/profiles/cpu.yaml] [--seed 0] [-- --features 32 ...]
+        [--config configs/data/brain27.yaml --config configs/profiles/cpu.yaml] [--seed 0] [--jobs 1] \\
+        [-- --features 32 ...]
     # Table 1 (table1.md, table1.csv), Figures 2-4, runs.csv and dice_per_volume.csv from the finished runs
     python -m scripts.experiment report --runs runs/NAME --out docs/results/NAME [--network densenet]
     # the spread between seeds (seeds.md, seeds.csv): the same grid run with other --seed into other folders
@@ -18,6 +19,9 @@ written last (settings, git commit, wall times, the datalist and test items, the
 - a run folder with a done ``run.json`` is skipped (an error if it was run with other settings);
 - a run folder without one (an interrupted run) is cleared and run again;
 - a failing run stops the grid with a one-line error naming the run and its log, and leaves no ``run.json``.
+
+``--jobs N`` runs N runs at once, each with ``OMP_NUM_THREADS`` = the available cores // N (unless set), so that their
+threads together never outnumber the cores (scripts/threads.py); one run at a time, the bundle takes the cores itself.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -252,20 +257,33 @@ def _last_error_line(log: str) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def _run_step(spec: RunSpec, run_id: str, log: str, env: Mapping[str, str] | None) -> float:
-    """Run one bundle command with its output in ``log``; returns its wall time in seconds."""
+def _run_step(spec: RunSpec, run_id: str, log: str, env: Mapping[str, str] | None, live: set | None = None) -> float:
+    """Run one bundle command with its output in ``log``; returns its wall time in seconds.
+
+    ``live`` holds the process while it runs, for the grid to stop it when interrupted.
+    """
     cmd = spec.command(run_id)
     start = time.perf_counter()
     with open(log, "w") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        result = subprocess.run(
+        process = subprocess.Popen(
             cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(env or os.environ, PYTHONUNBUFFERED="1")
         )
-    if result.returncode != 0:
+        if live is not None:
+            live.add(process)
+        try:
+            returncode = process.wait()
+        finally:
+            if live is not None:
+                live.discard(process)
+            if process.poll() is None:  # interrupted while waiting
+                process.kill()
+                process.wait()
+    if returncode != 0:
         detail = _last_error_line(log)
         raise ExperimentError(
-            f"run {spec.name} failed in {run_id} (exit code {result.returncode})"
+            f"run {spec.name} failed in {run_id} (exit code {returncode})"
             + (f": {detail}" if detail else "")
             + f"; log: {log}"
         )
@@ -304,13 +322,21 @@ def _write_json_atomic(data: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
-def run_one(spec: RunSpec, env: Mapping[str, str] | None = None, git: dict | None = None) -> dict:
+def run_one(
+    spec: RunSpec,
+    env: Mapping[str, str] | None = None,
+    git: dict | None = None,
+    jobs: int = 1,
+    live: set | None = None,
+) -> dict:
     """Train and evaluate one run of the grid, or reuse it when it is done; see the module docstring.
 
     Args:
         spec: the run.
         env: environment of the bundle subprocesses (default: this process's).
         git: the git commit to record (default: looked up).
+        jobs: how many runs of the grid run at once (recorded beside the wall times).
+        live: a set that holds the run's bundle process while it runs (see :func:`run_grid`).
 
     Returns:
         the run's record (the content of ``run.json``) with ``"skipped": True`` when reused.
@@ -332,8 +358,8 @@ def run_one(spec: RunSpec, env: Mapping[str, str] | None = None, git: dict | Non
         shutil.rmtree(spec.folder)
     os.makedirs(spec.folder)
     wall = {
-        "training": _run_step(spec, "training", os.path.join(spec.folder, TRAIN_LOG), env),
-        "evaluating": _run_step(spec, "evaluating", os.path.join(spec.folder, EVAL_LOG), env),
+        "training": _run_step(spec, "training", os.path.join(spec.folder, TRAIN_LOG), env, live),
+        "evaluating": _run_step(spec, "evaluating", os.path.join(spec.folder, EVAL_LOG), env, live),
     }
     from scripts.evaluation.report import PER_VOLUME_CSV
     from scripts.evaluation.stats import load_dice_csv
@@ -357,6 +383,9 @@ def run_one(spec: RunSpec, env: Mapping[str, str] | None = None, git: dict | Non
         "host": platform.node(),
         "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "wall_time_s": {k: round(v, 2) for k, v in wall.items()},
+        # what the wall times were measured with: the bundle's threads (null: its own choice) and the runs at once
+        "threads": (env or os.environ).get("OMP_NUM_THREADS") or None,
+        "jobs": jobs,
         "ckpt_dir": CKPT_SUBDIR,
         "output_dir": OUTPUT_SUBDIR,
         "eval_dir": eval_dir,
@@ -381,34 +410,54 @@ def run_grid(
     configs: Sequence[str] = (),
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    jobs: int = 1,
 ) -> list[dict]:
     """Run every (arch, se) of the grid in ``out/<arch>_<se>/``, printing progress; see the module docstring.
+
+    Args:
+        jobs: runs at once. Each run's processes get ``OMP_NUM_THREADS`` (the one given, else the available cores
+            shared out: :func:`scripts.threads.threads_per_job`), so that the runs' threads add up to the cores.
+            After a failing run no other starts; the runs under way finish.
 
     Returns:
         the records of all runs, in grid order.
 
     Raises:
-        ExperimentError: on bad input or the first failing run.
+        ExperimentError: on bad input or the first failing run (in grid order).
     """
+    from scripts.errors import InputError
     from scripts.networks import ARCHS, SE_TYPES
+    from scripts.threads import threads_per_job
 
     for kind, given, valid in (("arch", archs, ARCHS), ("se", ses, SE_TYPES)):
         unknown = [v for v in given if v not in valid]
         if unknown:
             raise ExperimentError(f"unknown {kind} {unknown}; valid: {', '.join(valid)}")
+    try:
+        threads = threads_per_job(jobs)
+    except InputError as e:
+        raise ExperimentError(str(e)) from e
     configs = resolve_config_files(configs)
     overrides = parse_overrides(overrides)
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     git = git_commit()
+    env = dict(os.environ if env is None else env)
+    if jobs > 1 and not env.get("OMP_NUM_THREADS"):  # one run at a time: the bundle takes the cores itself
+        env["OMP_NUM_THREADS"] = str(threads)
     specs = [
         RunSpec(a, s, seed, os.path.join(out, f"{a}_{s}"), configs, overrides)
         for a in dict.fromkeys(archs)
         for s in dict.fromkeys(ses)
     ]
-    records, start, ran = [], time.perf_counter(), 0
-    for i, spec in enumerate(specs, start=1):
-        tag = f"[{i}/{len(specs)}] {spec.name}"
+    if jobs > 1:
+        each = env["OMP_NUM_THREADS"]
+        print(f"{min(jobs, len(specs))} runs at once, {each} thread{'s' if each != '1' else ''} each", flush=True)
+    tags = {spec.name: f"[{i}/{len(specs)}] {spec.name}" for i, spec in enumerate(specs, start=1)}
+    live: set = set()  # the bundle processes under way, to stop on Ctrl-C
+
+    def start(spec: RunSpec) -> dict:
+        tag = tags[spec.name]
         existing = _read_record(spec.folder)
         if existing is None and os.path.exists(spec.folder):
             print(f"{tag}: incomplete (no {RUN_JSON}), cleared and run again", flush=True)
@@ -416,24 +465,53 @@ def run_grid(
             print(f"{tag}: {RUN_JSON} not done, cleared and run again", flush=True)
         elif existing is None:
             print(f"{tag}: training and evaluating", flush=True)
-        record = run_one(spec, env=env, git=git)
+        record = run_one(spec, env=env, git=git, jobs=jobs, live=live)
         if record.get("skipped"):
             print(f"{tag}: done before ({RUN_JSON}), skipped", flush=True)
         else:
-            ran += 1
             wall = record["wall_time_s"]
             print(
                 f"{tag}: trained in {wall['training']:.1f} s, evaluated in {wall['evaluating']:.1f} s, "
                 f"mean Dice {_mean_dice(record):.3f} over {len(record['test_dice']['volumes'])} test volumes",
                 flush=True,
             )
-        records.append(record)
+        return record
+
+    records: dict[str, dict] = {}
+    errors: dict[str, ExperimentError] = {}
+    begin, pending = time.perf_counter(), list(specs)
+    # the threads only wait for the bundle's processes; a failure stops new runs, the others finish and keep their work
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running = {}
+        try:
+            while pending or running:
+                while pending and len(running) < jobs and not errors:
+                    spec = pending.pop(0)
+                    running[pool.submit(start, spec)] = spec
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec = running.pop(future)
+                    try:
+                        records[spec.name] = future.result()
+                    except ExperimentError as e:
+                        errors[spec.name] = e
+        except BaseException:  # Ctrl-C: stop the runs under way (their folders have no run.json: redone next time)
+            while not all(future.done() for future in running):  # a run may be starting its next process
+                for process in list(live):
+                    process.terminate()
+                time.sleep(0.1)
+            raise
+    if errors:
+        raise next(errors[s.name] for s in specs if s.name in errors)
+    ran = sum(not r.get("skipped") for r in records.values())
     print(
-        f"grid done: {len(specs)} runs ({ran} run, {len(specs) - ran} skipped) in {time.perf_counter() - start:.1f} s; "
+        f"grid done: {len(specs)} runs ({ran} run, {len(specs) - ran} skipped) in {time.perf_counter() - begin:.1f} s; "
         f"report: python -m scripts.experiment report --runs {out} --out docs/results/{os.path.basename(out)}",
         flush=True,
     )
-    return records
+    return [records[spec.name] for spec in specs]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -549,7 +627,9 @@ def make_report(
     runs_csv = os.path.join(out_dir, "runs.csv")
     with open(runs_csv, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", "arch", "se", "seed", "train_s", "eval_s", "n_test", "mean_dice", "commit", "dirty"])
+        # threads and jobs: what train_s and eval_s were measured with (empty for runs recorded before them)
+        header = ["run", "arch", "se", "seed", "train_s", "eval_s", "threads", "jobs", "n_test", "mean_dice", "commit"]
+        writer.writerow([*header, "dirty"])
         for (arch, se), record in done.items():
             git = record.get("git") or {}
             wall = record.get("wall_time_s", {})
@@ -561,6 +641,8 @@ def make_report(
                     record.get("seed"),
                     wall.get("training"),
                     wall.get("evaluating"),
+                    record.get("threads") or ("" if "jobs" not in record else "auto"),
+                    record.get("jobs", ""),
                     len(record["test_dice"]["volumes"]),
                     f"{_mean_dice(record):.4f}",
                     git.get("commit", ""),
@@ -668,6 +750,12 @@ def _parser() -> argparse.ArgumentParser:
         "--config", action="append", default=[], help="extra config file merged after train.yaml (repeatable)"
     )
     run.add_argument("--seed", type=int, default=0, help="the bundle's seed for every run")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, the cores shared out between them (OMP_NUM_THREADS, unless set); default 1",
+    )
     report = sub.add_parser("report", help="Table 1 and Figures 2-4 from a grid's done runs")
     report.add_argument("--runs", required=True, help="grid folder (the --out of run)")
     report.add_argument("--out", required=True, help="folder for table1.md/csv, runs.csv and the figures")
@@ -690,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            run_grid(args.out, args.archs, args.se, seed=args.seed, configs=args.config, overrides=extra)
+            run_grid(args.out, args.archs, args.se, args.seed, args.config, extra, jobs=args.jobs)
         elif extra:
             raise ExperimentError(f"{args.command} takes no bundle overrides, got {' '.join(extra)}")
         elif args.command == "report":
@@ -701,7 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the current run has no run.json and will be redone", file=sys.stderr)
+        print("interrupted: the runs under way have no run.json and will be redone", file=sys.stderr)
         return 130
     return 0
 

@@ -65,10 +65,13 @@ def test_train_generates_the_default_dataset_and_saves_a_cpu_checkpoint(tmp_path
     assert any("squeeze" in k for k in state)  # sSE blocks are in the saved network
     assert glob.glob(str(tmp_path / "out" / "tensorboard" / "*"))
     assert "val_mean_dice" in result.stdout + result.stderr
+    assert "torch threads: 1 (OMP_NUM_THREADS)" in result.stdout  # scripts/threads.py, before any work
 
 
 def test_evaluate_writes_dice_tables_and_predictions(tiny):
-    bundle("run", "evaluating", "--config_file", EVALUATE, *tiny["io"], "--features", "4", cwd=str(tiny["root"]))
+    result = bundle("run", "evaluating", "--config_file", EVALUATE, *tiny["io"], "--features", "4", "--threads", "2",
+                    cwd=str(tiny["root"]))  # fmt: skip
+    assert "torch threads: 2 (the threads option)" in result.stdout
     eval_dir = tiny["root"] / "out" / "eval"
     summary = json.load(open(eval_dir / "dice_summary.json"))
     assert list(summary["structures"]) == list(LABEL_NAMES[1:])
@@ -149,6 +152,7 @@ def test_verify_net_in_out_with_the_metadata(tmp_path):
         (["--se", "se"], "unknown se 'se'; valid: none, cse, sse, scse"),
         (["--dataset_dir", "/no/such/folder"], "dataset_dir '/no/such/folder' does not exist"),
         (["--device", "cuda:99"], "ERROR: --device cuda:99: "),  # a CPU-only build here; 99 past the GPUs elsewhere
+        (["--threads", "0"], "threads must be a positive whole number or null (one per available core), got 0"),
     ],
 )
 def test_bad_input_is_refused_before_training(tiny, tmp_path, override, message):

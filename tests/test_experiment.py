@@ -9,6 +9,8 @@ import io
 import json
 import os
 import shutil
+import sys
+import time
 from unittest import mock
 
 import pytest
@@ -30,14 +32,15 @@ def run_main(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    """A 2 x 2 grid (U-Net, DenseNet x none, scSE) on six 32^3 subjects (3 training, 2 validation, 1 test)."""
+    """A 2 x 2 grid (U-Net, DenseNet x none, scSE) on six 32^3 subjects (3 training, 2 validation, 1 test), two runs
+    at once."""
     root = tmp_path_factory.mktemp("experiment")
     data = str(root / "data")
     generate_dataset(data, num_subjects=6, shape=(32, 32, 32), seed=3, num_validation=2, num_test=1)
     overrides = ["--dataset_dir", data, "--default_dataset_dir", str(root / "unused"), "--features", "4"]
     overrides += ["--epochs", "1", "--slices_per_volume", "1"]
     runs = str(root / "runs" / "tiny")
-    args = ["run", "--out", runs, "--archs", *ARCHS, "--se", *SES, "--seed", "0", "--", *overrides]
+    args = ["run", "--out", runs, "--archs", *ARCHS, "--se", *SES, "--seed", "0", "--jobs", "2", "--", *overrides]
     code, out, err = run_main(*args)
     assert code == 0, err
     return {"root": root, "data": data, "runs": runs, "args": args, "stdout": out}
@@ -45,6 +48,7 @@ def grid(tmp_path_factory):
 
 def test_grid_runs_every_combination_through_the_bundle_runner(grid):
     lines = grid["stdout"].splitlines()
+    assert lines[0] == "2 runs at once, 1 thread each"  # run_main's OMP_NUM_THREADS, handed to every run
     for i, name in enumerate([f"{a}_{s}" for a in ARCHS for s in SES], start=1):
         assert any(line.startswith(f"[{i}/4] {name}: trained in ") for line in lines), lines
         folder = os.path.join(grid["runs"], name)
@@ -56,6 +60,7 @@ def test_grid_runs_every_combination_through_the_bundle_runner(grid):
         assert record["seed"] == 0 and record["overrides"][:2] == ["--dataset_dir", grid["data"]]
         assert [os.path.basename(p) for p in record["config_files"]["evaluating"]] == ["train.yaml", "evaluate.yaml"]
         assert record["wall_time_s"]["training"] > 0 and record["wall_time_s"]["evaluating"] > 0
+        assert (record["threads"], record["jobs"]) == ("1", 2)  # what the wall times were measured with
         assert record["datalist"] == os.path.join(grid["data"], "datalist.json")
         assert [os.path.basename(t["image"]) for t in record["test_items"]] == ["subject_005.nii.gz"]
         assert record["label_names"] == list(LABEL_NAMES)
@@ -91,6 +96,9 @@ def test_report_writes_table1_and_figures(grid):
     with open(os.path.join(out, "table1.csv"), newline="") as f:
         rows = {(r["network"], r["se"]): r for r in csv.DictReader(f)}
     assert len(rows) == 8 and rows[("unet", "scse")]["n_volume_pairs"] == "1"
+    with open(os.path.join(out, "runs.csv"), newline="") as f:
+        runs_rows = list(csv.DictReader(f))
+    assert {(r["threads"], r["jobs"]) for r in runs_rows} == {("1", "2")} and len(runs_rows) == 4
     assert rows[("densenet", "cse")]["note"] == "no run"
     with open(os.path.join(out, "dice_per_volume.csv"), newline="") as f:
         raw = list(csv.DictReader(f))
@@ -178,19 +186,56 @@ def test_a_done_run_with_other_settings_is_refused(grid):
     ]
 
 
-def test_a_failing_run_stops_the_grid_with_one_line(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failing_run_stops_the_grid_with_one_line(tmp_path, jobs):
     out = str(tmp_path / "runs")
-    args = ["run", "--out", out, "--archs", "unet", "--se", "none", "sse", "--", "--dataset_dir", "/no/such/folder"]
-    args += ["--default_dataset_dir", str(tmp_path / "unused"), "--features", "4"]
+    args = ["run", "--out", out, "--archs", "unet", "--se", "none", "sse", "scse", "--jobs", str(jobs), "--"]
+    args += ["--dataset_dir", "/no/such/folder", "--default_dataset_dir", str(tmp_path / "unused"), "--features", "4"]
     code, stdout, err = run_main(*args)
     log = os.path.join(out, "unet_none", "train.log")
     assert code == 1
-    (line,) = err.strip().splitlines()
+    (line,) = err.strip().splitlines()  # the first failing run in grid order
     assert line.startswith("error: run unet_none failed in training (exit code 1): ")
     assert "dataset_dir '/no/such/folder' does not exist" in line and line.endswith(f"; log: {log}")
     assert os.path.isfile(log) and not os.path.exists(os.path.join(out, "unet_none", RUN_JSON))
-    assert not os.path.exists(os.path.join(out, "unet_sse"))  # the grid stopped
-    assert "[1/2] unet_none: training and evaluating" in stdout
+    # the grid stopped: the runs under way when the first failed were the only ones started
+    started = ["unet_none", "unet_sse"][:jobs]
+    assert sorted(os.listdir(out)) == started
+    assert [f"[{i}/3] {name}: training and evaluating" in stdout for i, name in enumerate(started, 1)] == [True] * jobs
+
+
+def test_an_interrupted_grid_stops_the_runs_under_way(tmp_path, monkeypatch):
+    from scripts import experiment
+
+    # every bundle command sleeps; Ctrl-C arrives while the grid waits for its two runs
+    monkeypatch.setattr(
+        experiment.RunSpec, "command", lambda self, run_id: [sys.executable, "-c", "import time; time.sleep(120)"]
+    )
+    started = []
+    original = experiment.subprocess.Popen
+
+    def popen(cmd, *args, **kwargs):
+        process = original(cmd, *args, **kwargs)
+        if cmd[0] == sys.executable:  # the bundle commands, not git's
+            started.append(process)
+        return process
+
+    def interrupt(running, return_when):
+        deadline = time.time() + 30
+        while len(started) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment.subprocess, "Popen", popen)
+    monkeypatch.setattr(experiment, "wait", interrupt)
+    begin = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_grid(
+            str(tmp_path / "runs"), ["unet"], ["none", "scse", "sse"], jobs=2, env={"OMP_NUM_THREADS": "1"}
+        )
+    assert time.time() - begin < 60 and len(started) == 2  # not waited out; the third run never started
+    assert all(p.poll() is not None for p in started)
+    assert not any(os.path.exists(tmp_path / "runs" / n / RUN_JSON) for n in ("unet_none", "unet_scse"))
 
 
 @pytest.mark.parametrize(
@@ -201,6 +246,8 @@ def test_a_failing_run_stops_the_grid_with_one_line(tmp_path):
         (["run", "--out", "{tmp}", "--se", "se"], "unknown se ['se']; valid: none, cse, sse, scse"),
         (["run", "--out", "{tmp}", "--config", "no/such.yaml"], "config file 'no/such.yaml' does not exist"),
         (["run", "--out", "{tmp}", "--", "--arch", "unet"], "override --arch is set by the runner"),
+        (["run", "--out", "{tmp}", "--jobs", "0"], "--jobs must be at least 1, got 0"),
+        (["run", "--out", "{tmp}", "--jobs", "999"], "--jobs 999 is more than the "),
         (["run", "--out", "{tmp}", "--", "--features"], "override '--features' has no value"),
         (["run", "--out", "{tmp}", "--", "features", "4"], "override 'features' is not of the form --key value"),
     ],
