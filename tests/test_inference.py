@@ -219,21 +219,13 @@ def test_argmax_in_inferer_only_where_it_gives_the_same_labels():
             argmax_in_inferer(True, interpolate=interpolate, views=views, mirror=mirror)
 
 
-def test_volume_benchmark_prints_the_chosen_settings(tmp_path):
-    data = str(tmp_path / "data")
-    generate_dataset(data, num_subjects=4, shape=(32, 32, 32), seed=5, num_validation=1, num_test=1)
-    _run("run", "training", "--config_file", TRAIN, "--dataset_dir", data, "--default_dataset_dir",
-         str(tmp_path / "unused"), "--features", "4", "--epochs", "1", "--slices_per_volume", "2", "--output_dir",
-         str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), cwd=str(tmp_path))  # fmt: skip
-    image = glob.glob(os.path.join(data, "imagesTr", "*.nii.gz"))[0]
-    onnx = str(tmp_path / "model.onnx")
-    export = [sys.executable, "-m", "monai.bundle", "onnx_export", "--args_file", "configs/onnx_export.yaml",
-              "--ckpt_file", str(tmp_path / "models" / "model.pt"), "--filepath", onnx, "--features", "4"]  # fmt: skip
-    assert subprocess.run(export, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+def test_volume_benchmark_prints_the_chosen_settings(tiny_onnx_model):
+    image = glob.glob(os.path.join(tiny_onnx_model["data"], "imagesTr", "*.nii.gz"))[0]
+    onnx, checkpoint = tiny_onnx_model["onnx"], tiny_onnx_model["ckpt"]
     # the default's bundle run is in every other inference test; each setting here is a bundle run of its own
     chosen = ["fp32 + channels-last + crop slices only", "fp32 + channels-last + crop boxes per batch"]
-    cmd = [sys.executable, "-m", "scripts.benchmark", "volume", "--image", image, "--checkpoint",
-           str(tmp_path / "models" / "model.pt"), "--onnx", onnx, "--only", *chosen,
+    cmd = [sys.executable, "-m", "scripts.benchmark", "volume", "--image", image, "--checkpoint", checkpoint,
+           "--onnx", onnx, "--only", *chosen,
            "--", "--features", "4"]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]

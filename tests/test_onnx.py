@@ -14,7 +14,6 @@ import torch
 import yaml
 from monai.networks.utils import convert_to_onnx
 
-from scripts.data.synthetic import generate_dataset
 from scripts.inference import OnnxRuntimeNetwork
 from scripts.networks import ARCHS, SE_TYPES, get_network
 
@@ -52,17 +51,9 @@ def _bundle(*args: str, cwd: str, check: bool = True) -> subprocess.CompletedPro
     return result
 
 
-def test_inference_with_onnxruntime_gives_the_torch_labels(tmp_path):
-    data = str(tmp_path / "data")
-    generate_dataset(data, num_subjects=4, shape=(32, 32, 32), seed=5, num_validation=1, num_test=1)
-    models = tmp_path / "models"
-    _bundle("run", "training", "--config_file", TRAIN, "--bundle_root", ROOT, "--dataset_dir", data,
-            "--default_dataset_dir", str(tmp_path / "unused"), "--features", "4", "--epochs", "1",
-            "--slices_per_volume", "2", "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(models),
-            cwd=str(tmp_path))  # fmt: skip
-    # the documented export command, from the bundle root, with this run's files
-    _bundle("onnx_export", "--args_file", EXPORT_ARGS, "--ckpt_file", str(models / "model.pt"), "--filepath",
-            str(models / "model.onnx"), "--features", "4", cwd=ROOT)  # fmt: skip
+def test_inference_with_onnxruntime_gives_the_torch_labels(tiny_onnx_model, tmp_path):
+    # a trained checkpoint and its export by the documented command, from the bundle root (tests/conftest.py)
+    data, models = tiny_onnx_model["data"], tiny_onnx_model["models"]
     scans = os.path.join(data, "imagesTr")
     common = ["run", "inference", "--config_file", INFERENCE, "--bundle_root", ROOT, "--dataset_dir", scans,
               "--ckpt_dir", str(models), "--features", "4"]  # fmt: skip
