@@ -11,6 +11,7 @@ with 1 thread each 0.82x; docs/README.md, "Threads").
   ``OMP_NUM_THREADS`` where it is set and the available cores otherwise; with a warning when other processes already
   keep the CPU busy.
 - :func:`threads_per_job`: the experiment grid's ``--jobs``: the available cores shared out between runs at once.
+- :func:`loader_workers`: data loader workers from this process's share of the cores (the GPU profile's).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 from scripts.errors import InputError
 
-__all__ = ["available_cores", "busy_cores", "cgroup_cpu_quota", "set_threads", "threads_per_job"]
+__all__ = ["available_cores", "busy_cores", "cgroup_cpu_quota", "loader_workers", "set_threads", "threads_per_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +174,21 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
             f"use --jobs {cores} or fewer"
         )
     return cores // jobs
+
+
+def loader_workers(reserve: int = 2, minimum: int = 2) -> int:
+    """Data loader workers for this process: its share of the cores less ``reserve`` for the process itself, at least
+    ``minimum``.
+
+    The share is ``OMP_NUM_THREADS`` where it is set, since whoever starts several processes at once sets it as each
+    one's share (the experiment grid's ``--jobs``, torchrun's 1 per rank), else :func:`available_cores`. So 16 cores
+    give one training 14 workers, and each of 4 grid runs (4 threads each) or of 8 ranks the minimum, where counting
+    the machine's cores gave every one of them 14.
+
+    Args:
+        reserve: cores left to the process's own threads.
+        minimum: the fewest workers returned.
+    """
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    share = int(given) if given.strip().isdigit() and int(given) > 0 else available_cores()
+    return max(minimum, share - reserve)

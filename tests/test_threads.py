@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from scripts.errors import InputError
-from scripts.threads import available_cores, busy_cores, cgroup_cpu_quota, set_threads, threads_per_job
+from scripts.threads import (
+    available_cores,
+    busy_cores,
+    cgroup_cpu_quota,
+    loader_workers,
+    set_threads,
+    threads_per_job,
+)
 
 
 def _write(path, text: str) -> None:
@@ -95,3 +102,15 @@ def test_threads_per_job_share_the_cores_out():
         threads_per_job(3, cores=2)
     with pytest.raises(InputError, match=r"^--jobs must be at least 1, got 0$"):
         threads_per_job(0, cores=2)
+
+
+def test_loader_workers_come_from_this_process_share(monkeypatch):
+    monkeypatch.setattr("scripts.threads.available_cores", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert loader_workers() == 14  # one training on 16 cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # one of 4 grid runs
+    assert loader_workers() == 2 and loader_workers(reserve=1, minimum=0) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a torchrun rank
+    assert loader_workers() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert loader_workers() == 14
