@@ -472,9 +472,8 @@ def peers(args: argparse.Namespace) -> None:
     memory: dict[str, float | None] = dict.fromkeys(nets)  # None: not measured (--memory false)
     if args.memory and device.type == "cuda":
         memory = {name: _peer_memory(args, name) for name in nets}
-    elif (
-        args.memory
-    ):  # a process per network, each reporting its own peak: two at a time only shortens the wait (imports)
+    elif args.memory:
+        # a process per network, each reporting its own peak: two at a time only shortens the wait (imports)
         with ThreadPoolExecutor(max_workers=2) as pool:
             memory = dict(zip(nets, pool.map(lambda name: _peer_memory(args, name), nets)))
     ref = "ours unet + scse"

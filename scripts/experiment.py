@@ -778,7 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            run_grid(args.out, args.archs, args.se, args.seed, args.config, extra, jobs=args.jobs)
+            run_grid(
+                args.out, args.archs, args.se, seed=args.seed, configs=args.config, overrides=extra, jobs=args.jobs
+            )
         elif extra:
             raise ExperimentError(f"{args.command} takes no bundle overrides, got {' '.join(extra)}")
         elif args.command == "report":

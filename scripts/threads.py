@@ -134,9 +134,10 @@ def set_threads(threads: int | None = None, check_load: bool = True) -> int:
         threads = None
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive whole number or null (one per available core), got {threads!r}")
+    automatic = threads is None and not os.environ.get("OMP_NUM_THREADS")
     if threads is not None:
         chosen, why = threads, "the threads option"
-    elif os.environ.get("OMP_NUM_THREADS"):
+    elif not automatic:
         chosen, why = torch.get_num_threads(), "OMP_NUM_THREADS"
     else:
         cores = available_cores()
@@ -144,7 +145,7 @@ def set_threads(threads: int | None = None, check_load: bool = True) -> int:
     if chosen != torch.get_num_threads():
         torch.set_num_threads(chosen)
     logger.info(f"torch threads: {chosen} ({why})")
-    if threads is None and not os.environ.get("OMP_NUM_THREADS") and check_load:
+    if automatic and check_load:
         others, cpus = busy_cores(), os.cpu_count() or 1
         if others is not None and others + chosen > cpus + 0.5:
             logger.warning(
