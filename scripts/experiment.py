@@ -6,7 +6,8 @@
         [-- --features 32 ...]
     # Table 1 (table1.md, table1.csv), Figures 2-4, runs.csv and dice_per_volume.csv from the finished runs
     python -m scripts.experiment report --runs runs/NAME --out docs/results/NAME [--network densenet]
-    # the spread between seeds (seeds.md, seeds.csv): the same grid run with other --seed into other folders
+    # the spread between seeds (seeds.md, seeds.csv): the same grid run with other --seed into other folders; a
+    # report folder (its dice_per_volume.csv) stands for its grid, and folders of one seed are merged
     python -m scripts.experiment seeds --runs runs/NAME runs/NAME_seed1 runs/NAME_seed2 --out docs/results/NAME
 
 Every run is two subprocesses, ``python -m monai.bundle run training`` and ``run evaluating``, with the configs
@@ -43,6 +44,10 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: the runner itself does not need scipy
+    from scripts.evaluation.stats import DiceTable
 
 __all__ = [
     "ExperimentError",
@@ -698,28 +703,58 @@ def make_report(
     return written
 
 
-def make_seed_report(runs_dirs: Sequence[str], out_dir: str) -> dict[str, str]:
-    """``seeds.md`` and ``seeds.csv``: the done runs of several grid folders, one seed each, side by side.
+def _grid_results(folder: str) -> dict[tuple[str, str], tuple[DiceTable, int | None]]:
+    """The test Dice table and seed of every run of ``folder``, keyed by ``(arch, se)``: a grid folder's done runs
+    (their ``run.json``), else a report folder's ``dice_per_volume.csv`` (the published results, without the runs).
 
     Raises:
-        ExperimentError: when a folder has no done run, mixes seeds, or shares its seed with another folder.
+        ExperimentError: when the folder holds neither.
     """
-    from scripts.evaluation.stats import DiceTable, write_seed_spread
+    from scripts.evaluation.stats import DiceTable, load_dice_per_volume
 
-    grids, folders = {}, {}
-    for runs_dir in runs_dirs:
-        done, _ = load_runs(runs_dir)
-        if not done:
-            raise ExperimentError(f"runs folder '{runs_dir}' has no done run (no run.json with status done)")
-        seeds = sorted({record.get("seed") for record in done.values()}, key=str)
-        if len(seeds) != 1:
-            raise ExperimentError(f"runs folder '{runs_dir}' mixes seeds {seeds}; expected one seed per folder")
-        seed = seeds[0]
-        if seed in grids:
-            raise ExperimentError(f"runs folders '{folders[seed]}' and '{runs_dir}' both have seed {seed}")
-        grids[seed] = {key: DiceTable.from_dict(record["test_dice"]) for key, record in done.items()}
-        folders[seed] = runs_dir
-        print(f"seed {seed}: {len(done)} done runs in {runs_dir}")
+    if not os.path.isdir(folder):
+        raise ExperimentError(f"runs folder '{folder}' does not exist; expected the --out of 'run' or of 'report'")
+    done, _ = load_runs(folder)
+    if done:
+        return {key: (DiceTable.from_dict(record["test_dice"]), record.get("seed")) for key, record in done.items()}
+    results = os.path.join(folder, "dice_per_volume.csv")
+    if not os.path.isfile(results):
+        raise ExperimentError(
+            f"runs folder '{folder}' has no done run (no run.json with status done) and no dice_per_volume.csv"
+        )
+    tables, seeds = load_dice_per_volume(results)
+    return {key: (table, seeds[key]) for key, table in tables.items()}
+
+
+def make_seed_report(runs_dirs: Sequence[str], out_dir: str) -> dict[str, str]:
+    """``seeds.md`` and ``seeds.csv``: the runs of several grids with different seeds, side by side.
+
+    Each folder is a grid folder (``--out`` of ``run``) or a report folder (``--out`` of ``report``, whose
+    ``dice_per_volume.csv`` keeps every run's Dice and seed). Folders of the same seed are merged (e.g. one grid per
+    network); every run must have a seed, and a run of a seed in two folders is refused.
+
+    Raises:
+        ExperimentError: when a folder has no runs, a run has no seed, or two folders have the same run and seed.
+    """
+    from scripts.evaluation.stats import write_seed_spread
+
+    grids: dict[int, dict[tuple[str, str], DiceTable]] = {}
+    origin: dict[tuple[int, str, str], str] = {}
+    for folder in runs_dirs:
+        runs = _grid_results(folder)
+        for (arch, se), (table, seed) in runs.items():
+            if seed is None:
+                raise ExperimentError(f"run {arch}_{se} of '{folder}' has no seed")
+            if (seed, arch, se) in origin:
+                raise ExperimentError(
+                    f"runs folders '{origin[(seed, arch, se)]}' and '{folder}' both have seed {seed}'s run {arch}_{se}"
+                )
+            origin[(seed, arch, se)] = folder
+            grids.setdefault(seed, {})[(arch, se)] = table
+        seeds = sorted({seed for _, seed in runs.values()})
+        print(f"{folder}: {len(runs)} runs of seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
+    for seed in sorted(grids):
+        print(f"seed {seed}: {len(grids[seed])} runs")
     written = write_seed_spread(
         grids, out_dir, title=f"Spread between seeds ({len(grids)} seed{'s' if len(grids) > 1 else ''})"
     )
@@ -763,7 +798,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--coronal_axis", type=int, default=1, help="coronal axis after reorientation to RAS")
     report.add_argument("--slice", type=int, default=None, help="Figure 4's slice (default: most differing)")
     seeds = sub.add_parser("seeds", help="the spread between seeds: grids of the same runs with different --seed")
-    seeds.add_argument("--runs", required=True, nargs="+", help="grid folders, one seed each")
+    seeds.add_argument(
+        "--runs", required=True, nargs="+", help="grid folders (--out of run) or report folders (--out of report)"
+    )
     seeds.add_argument("--out", required=True, help="folder for seeds.md and seeds.csv")
     return parser
 

@@ -142,7 +142,7 @@ def test_seed_report_sets_grids_of_different_seeds_side_by_side(grid):
     out = str(grid["root"] / "seeds")
     code, stdout, err = run_main("seeds", "--runs", grid["runs"], other, "--out", out)
     assert code == 0, err
-    assert "seed 0: 4 done runs" in stdout and "seed 1: 4 done runs" in stdout
+    assert "seed 0: 4 runs" in stdout and "seed 1: 4 runs" in stdout
     lines = open(os.path.join(out, "seeds.md")).read().splitlines()
     assert lines[0] == "# Spread between seeds (2 seeds)"
     scse = next(line for line in lines if line.startswith("| DenseNet | + scSE Block |"))
@@ -151,7 +151,47 @@ def test_seed_report_sets_grids_of_different_seeds_side_by_side(grid):
     with open(os.path.join(out, "seeds.csv"), newline="") as f:
         assert len(list(csv.DictReader(f))) == 8
     code, _, err = run_main("seeds", "--runs", grid["runs"], grid["runs"], "--out", out)
-    assert code == 1 and "both have seed 0" in err
+    assert code == 1 and "both have seed 0's run densenet_none" in err
+
+
+def test_seed_report_from_published_results_and_grids_split_by_network(grid):
+    """A report folder (its dice_per_volume.csv) stands for its grid; folders of one seed with other runs merge."""
+    root = grid["root"] / "published"
+    code, _, err = run_main("report", "--runs", grid["runs"], "--out", str(root / "seed0"))
+    assert code == 0, err
+    code, _, err = run_main("seeds", "--runs", grid["runs"], "--out", str(root / "from_runs"))
+    assert code == 0, err
+    for arch in ARCHS:  # seed 1 as one grid folder per network
+        shutil.copytree(
+            grid["runs"], root / f"seed1_{arch}", ignore=shutil.ignore_patterns("*.pt", "tensorboard", "outputs")
+        )
+        for name in os.listdir(root / f"seed1_{arch}"):
+            if not name.startswith(arch):
+                shutil.rmtree(root / f"seed1_{arch}" / name)
+                continue
+            path = root / f"seed1_{arch}" / name / RUN_JSON
+            json.dump({**json.load(open(path)), "seed": 1}, open(path, "w"))
+    folders = [str(root / "seed0"), *(str(root / f"seed1_{arch}") for arch in ARCHS)]
+    code, stdout, err = run_main("seeds", "--runs", *folders, "--out", str(root / "merged"))
+    assert code == 0, err
+    assert "seed 0: 4 runs" in stdout and "seed 1: 4 runs" in stdout
+    with open(root / "from_runs" / "seeds.csv", newline="") as f:
+        from_runs = list(csv.DictReader(f))
+    with open(root / "merged" / "seeds.csv", newline="") as f:
+        merged = list(csv.DictReader(f))
+    assert [r for r in merged if r["seed"] == "0"] == from_runs  # the CSV's 6 digits give the runs' figures
+    assert [r["mean_dice"] for r in merged if r["seed"] == "1"] == [r["mean_dice"] for r in from_runs]
+    # a published grid whose seed column is empty, and a folder with neither runs nor results
+    lines = open(root / "seed0" / "dice_per_volume.csv").read().splitlines()
+    os.makedirs(root / "unseeded")
+    with open(root / "unseeded" / "dice_per_volume.csv", "w") as f:
+        cells = [line.split(",") for line in lines[1:]]
+        f.write("\n".join([lines[0]] + [",".join([*c[:3], "", *c[4:]]) for c in cells]))
+    code, _, err = run_main("seeds", "--runs", str(root / "unseeded"), "--out", str(root / "x"))
+    assert code == 1 and "has no seed" in err
+    os.makedirs(root / "empty")
+    code, _, err = run_main("seeds", "--runs", str(root / "empty"), "--out", str(root / "x"))
+    assert code == 1 and "has no done run (no run.json with status done) and no dice_per_volume.csv" in err
 
 
 def test_resume_redoes_only_the_interrupted_run(grid):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import re
 
 import nibabel as nib
 import numpy as np
@@ -343,3 +344,22 @@ def test_seed_spread_of_known_numbers(tmp_path):
         "mean_dice": "0.9",
         "delta_mean": "",
     }
+
+
+def test_grid_results_round_trip(tmp_path):
+    from scripts.evaluation.stats import load_dice_per_volume, write_dice_per_volume
+
+    tables = {
+        ("unet", "scse"): _table(["v1", "v2"], [[0.123456789, np.nan], [0.5, 0.25]]),
+        ("densenet", "none"): _table(["v2"], [[0.75, 1.0]]),
+    }
+    path = write_dice_per_volume(tables, str(tmp_path / "dice_per_volume.csv"), {("unet", "scse"): 3})
+    loaded, seeds = load_dice_per_volume(path)
+    assert seeds == {("densenet", "none"): None, ("unet", "scse"): 3}
+    for key, table in tables.items():
+        assert (loaded[key].volumes, loaded[key].structures) == (table.volumes, table.structures)
+        np.testing.assert_allclose(loaded[key].values, table.values, rtol=5e-6)  # 6 significant digits, NaN kept
+    with open(tmp_path / "other.csv", "w") as f:
+        f.write("volume,x,mean\nv1,0.5,0.5\n")  # one run's evaluation report, not a grid's results
+    with pytest.raises(ValueError, match=re.escape("have no header 'run,arch,se,seed,volume,<structures...>,mean'")):
+        load_dice_per_volume(str(tmp_path / "other.csv"))

@@ -41,6 +41,7 @@ __all__ = [
     "format_seed_spread_markdown",
     "format_table1_markdown",
     "load_dice_csv",
+    "load_dice_per_volume",
     "paired_wilcoxon",
     "seed_spread",
     "table1",
@@ -139,6 +140,29 @@ class DiceTable:
         }
 
 
+def _read_csv(path: str, what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header of CSV file ``path`` and its non-empty rows with their line numbers, each row checked to have the
+    header's length; ``what`` names the file in the one-line errors (``ValueError``)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} '{path}' does not exist")
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    header = lines[0] if lines else []
+    rows = [(number, row) for number, row in enumerate(lines[1:], start=2) if row]
+    for number, row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"{what} '{path}' line {number} has {len(row)} fields; expected {len(header)}")
+    return header, rows
+
+
+def _dice_values(cells: Sequence[str], where: str) -> list[float]:
+    """Dice values of CSV cells, NaN for empty or "nan" ones; ``where`` names the line in the one-line error."""
+    try:
+        return [float(v) if v.strip() not in ("", "nan", "NaN") else math.nan for v in cells]
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+
+
 def load_dice_csv(path: str) -> DiceTable:
     """Read ``dice_per_volume.csv`` (columns: volume, one per structure, mean) as a :class:`DiceTable`.
 
@@ -147,26 +171,15 @@ def load_dice_csv(path: str) -> DiceTable:
     Raises:
         ValueError: when the file is missing or not in that format.
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"Dice table '{path}' does not exist")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or len(rows[0]) < 2 or rows[0][0] != "volume":
+    header, rows = _read_csv(path, "Dice table")
+    if len(header) < 2 or header[0] != "volume":
         raise ValueError(f"Dice table '{path}' has no header 'volume,<structures...>,mean'")
-    header = rows[0]
     last = len(header) - 1 if header[-1] == "mean" else len(header)
     structures = header[1:last]
     volumes, values = [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise ValueError(f"Dice table '{path}' line {line} has {len(row)} fields; expected {len(header)}")
+    for line, row in rows:
         volumes.append(row[0])
-        try:
-            values.append([float(v) if v.strip() not in ("", "nan", "NaN") else np.nan for v in row[1:last]])
-        except ValueError as e:
-            raise ValueError(f"Dice table '{path}' line {line}: {e}") from e
+        values.append(_dice_values(row[1:last], f"Dice table '{path}' line {line}"))
     return DiceTable(volumes, structures, np.array(values, dtype=float).reshape(len(volumes), len(structures)))
 
 
@@ -510,6 +523,38 @@ def write_dice_per_volume(
                 cells = [_csv_value(float(values.get(s, math.nan))) for s in structures] + [_csv_value(float(mean))]
                 writer.writerow([f"{network}_{se}", network, se, seed, volume, *cells])
     return path
+
+
+def load_dice_per_volume(path: str) -> tuple[dict[tuple[str, str], DiceTable], dict[tuple[str, str], int | None]]:
+    """Read a grid's raw results as :func:`write_dice_per_volume` writes them (its inverse, to its 6 digits).
+
+    Returns:
+        the Dice table of every run and its seed (``None`` where the column is empty), both keyed by
+        ``(network, se)``.
+
+    Raises:
+        ValueError: when the file is missing or not in that format.
+    """
+    header, rows = _read_csv(path, "grid results")
+    head = ["run", "arch", "se", "seed", "volume"]
+    if header[: len(head)] != head or header[-1] != "mean":
+        raise ValueError(f"grid results '{path}' have no header '{','.join(head)},<structures...>,mean'")
+    structures = header[len(head) : -1]
+    runs: dict[tuple[str, str], tuple[list[str], list[list[float]]]] = {}
+    seeds: dict[tuple[str, str], int | None] = {}
+    for line, row in rows:
+        key, where = (row[1], row[2]), f"grid results '{path}' line {line}"
+        try:
+            seed = int(row[3]) if row[3].strip() else None
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+        if seeds.setdefault(key, seed) != seed:
+            raise ValueError(f"{where}: run {row[0]} has two seeds")
+        volumes, dice = runs.setdefault(key, ([], []))
+        volumes.append(row[4])
+        dice.append(_dice_values(row[len(head) : -1], where))
+    tables = {key: DiceTable(volumes, structures, np.array(dice)) for key, (volumes, dice) in runs.items()}
+    return tables, seeds
 
 
 def format_structure_table(variants: Mapping[str, DiceTable], network: str) -> str:
