@@ -71,6 +71,7 @@ SETTINGS: dict[str, list[str]] = {
     "auto precision + channels-last, no crop": ["--precision", "auto", "--crop_foreground", "false"],
     "auto precision + channels-last + crop": ["--precision", "auto"],
     "auto precision + channels-last + crop slices only": ["--precision", "auto", "--crop_foreground", "slices"],
+    "auto precision + channels-last + crop boxes per batch": ["--precision", "auto", "--crop_foreground", "boxes"],
 }
 
 
