@@ -1,4 +1,4 @@
-"""The Dice report: named per-volume CSV and JSON summary from known numbers."""
+"""The Dice report: named per-volume CSV and JSON summary from known numbers; the Dice on the joint foreground box."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from monai.data import MetaTensor
+from monai.metrics import DiceMetric
 
+from scripts.evaluation.crop import CropJointForegroundd, joint_foreground_box
 from scripts.evaluation.report import summarise_dice, write_dice_report
+from scripts.evaluation.segmentations import dice_per_structure
 
 
 def test_summary_of_known_numbers():
@@ -32,3 +37,44 @@ def test_report_files(tmp_path):
     assert summary["volumes"] == ["v1.nii.gz", "v2.nii.gz"]
     assert summary["overall"]["mean"] == pytest.approx(0.625)
     assert summary["structures"]["y"]["mean"] == pytest.approx(0.875)
+
+
+def _label_maps(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reference with classes 1-3 inside a block of a 3D grid and a prediction that also puts class 4 (absent from
+    the reference) and class 2 outside it, channel first, as the evaluation's postprocessing hands them on."""
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.zeros(1, 24, 20, 16, dtype=torch.uint8)
+    ref[0, 6:15, 5:14, 4:12] = torch.randint(0, 4, (9, 9, 8), generator=g, dtype=torch.uint8)
+    pred = ref.clone()
+    block = pred[0, 6:15, 5:14, 4:12]
+    flips = torch.rand(block.shape, generator=g) < 0.2  # a fifth of the block's voxels get any class, 4 included
+    block[flips] = torch.randint(0, 5, (int(flips.sum()),), generator=g, dtype=torch.uint8)
+    pred[0, 20, 1, 14] = 2  # a false positive far from the reference's structures
+    return pred, ref
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dice_on_the_joint_foreground_box_is_the_whole_volumes_dice(seed):
+    pred, ref = _label_maps(seed)
+    cropped = CropJointForegroundd(keys=["pred", "label"])({"pred": MetaTensor(pred), "label": MetaTensor(ref)})
+    assert cropped["pred"].shape == cropped["label"].shape == (1, 15, 13, 11)  # the false positive's corner included
+    assert cropped["pred"].affine[:3, 3].tolist() == [6.0, 1.0, 4.0]  # the crop's origin (MONAI's SpatialCrop)
+    metric = DiceMetric(include_background=False, num_classes=5, ignore_empty=True)
+    whole = metric(pred[None], ref[None])
+    on_box = metric(cropped["pred"][None], cropped["label"][None])
+    assert torch.isnan(whole[0, 3]) and torch.isnan(on_box[0, 3])  # class 4: absent from the reference in both
+    assert torch.equal(whole[0, :3], on_box[0, :3]) and whole[0, :3].min() < 1
+    assert np.array_equal(
+        dice_per_structure(pred[0].numpy(), ref[0].numpy(), 5), whole[0].numpy(), equal_nan=True
+    )  # the standalone evaluation's Dice, on its own crop
+
+
+def test_no_crop_with_the_background_class_or_without_foreground():
+    pred, ref = _label_maps()
+    kept = CropJointForegroundd(keys=["pred", "label"], include_background=True)({"pred": pred, "label": ref})
+    assert kept["pred"].shape == pred.shape  # the background's Dice counts the voxels a crop would drop
+    empty = torch.zeros_like(ref)
+    assert CropJointForegroundd(keys=["pred", "label"])({"pred": empty, "label": empty})["label"].shape == ref.shape
+    assert joint_foreground_box([empty, empty]) is None
+    with pytest.raises(ValueError, match="one shape"):
+        joint_foreground_box([ref, ref[:, 1:]])
