@@ -10,24 +10,27 @@ time").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.transforms import MapTransform, SpatialCrop
+from monai.transforms.utils import generate_spatial_bounding_box
 
 __all__ = ["CropJointForegroundd", "crop_to_joint_foreground", "joint_foreground_box"]
 
 
-def joint_foreground_box(label_maps: Sequence[NdarrayOrTensor]) -> tuple[slice, ...] | None:
-    """The smallest box holding every voxel that is not 0 in any of ``label_maps``.
+def joint_foreground_box(label_maps: Sequence[NdarrayOrTensor]) -> tuple[list[int], list[int]] | None:
+    """The spatial box holding every voxel that is not 0 in any of ``label_maps``, by MONAI's
+    ``generate_spatial_bounding_box`` on their joint foreground.
 
     Args:
-        label_maps: arrays or tensors of one shape (class indices, any leading channel axes included).
+        label_maps: channel-first arrays or tensors ``(C, *spatial)`` of class indices, of one shape.
 
     Returns:
-        one slice per axis of the maps, or ``None`` where all of them are 0 everywhere.
+        the box's start and end (exclusive) on the spatial axes, or ``None`` where all maps are 0 everywhere.
 
     Raises:
         ValueError: for maps of different shapes.
@@ -35,18 +38,12 @@ def joint_foreground_box(label_maps: Sequence[NdarrayOrTensor]) -> tuple[slice, 
     shapes = {tuple(m.shape) for m in label_maps}
     if len(shapes) != 1:
         raise ValueError(f"label maps of one shape expected, got {sorted(shapes)}")
-    foreground = None
-    for m in label_maps:
-        nonzero = torch.as_tensor(m).as_subclass(torch.Tensor) != 0  # a MetaTensor's metadata is not needed here
-        foreground = nonzero if foreground is None else foreground | nonzero
-    if foreground is None or not bool(foreground.any()):
+    # a MetaTensor's metadata is not needed for the mask
+    masks = (torch.as_tensor(m).as_subclass(torch.Tensor) != 0 for m in label_maps)
+    foreground = functools.reduce(torch.logical_or, masks)
+    if not bool(foreground.any()):
         return None
-    box = []
-    for axis in range(foreground.ndim):
-        others = tuple(a for a in range(foreground.ndim) if a != axis)
-        present = torch.nonzero(foreground.any(dim=others) if others else foreground).flatten()
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)
+    return generate_spatial_bounding_box(foreground)
 
 
 class CropJointForegroundd(MapTransform):
@@ -75,13 +72,17 @@ class CropJointForegroundd(MapTransform):
         box = joint_foreground_box([d[key] for key in keys])
         if box is None:  # no foreground anywhere: nothing to count, nothing to cut
             return d
-        crop = SpatialCrop(roi_slices=box[1:])
+        crop = SpatialCrop(roi_start=box[0], roi_end=box[1])
         for key in keys:
             d[key] = crop(d[key])
         return d
 
 
 def crop_to_joint_foreground(*label_maps: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``label_maps`` (arrays of one shape) cut to :func:`joint_foreground_box`, unchanged where all are 0."""
-    box = joint_foreground_box(label_maps)
-    return label_maps if box is None else tuple(m[box] for m in label_maps)
+    """``label_maps`` (arrays of one shape, no channel axis) cut to :func:`joint_foreground_box`, unchanged where
+    all are 0."""
+    box = joint_foreground_box([m[None] for m in label_maps])
+    if box is None:
+        return label_maps
+    region = tuple(slice(start, end) for start, end in zip(*box))
+    return tuple(m[region] for m in label_maps)
