@@ -86,6 +86,15 @@ def test_evaluate_writes_dice_tables_and_predictions(tiny):
     assert not os.path.exists(eval_dir / "inputs")  # images on disk are not copied (save_inputs: false)
 
 
+def test_a_bad_evaluation_switch_is_refused_before_work(tiny, tmp_path):
+    io = ["--dataset_dir", tiny["data"], "--output_dir", str(tmp_path / "out"), "--ckpt_dir", tiny["io"][-1]]
+    result = bundle("run", "evaluating", "--config_file", EVALUATE, *io, "--features", "4",
+                    "--metric_include_background", "maybe", cwd=str(tmp_path), check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "metric_include_background" in result.stderr and "'maybe'" in result.stderr
+    assert not os.path.exists(tmp_path / "out" / "eval.partial") and not os.path.exists(tmp_path / "out" / "eval")
+
+
 def test_inference_writes_one_label_volume_per_input_with_its_affine(tiny, tmp_path):
     folder = os.path.join(tiny["data"], "imagesTr")
     out = tmp_path / "seg"
