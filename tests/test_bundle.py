@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -243,3 +244,12 @@ def test_configs_agree_with_each_other_and_the_metadata():
     for key in ("name", "version", "monai_version", "pytorch_version", "numpy_version", "task", "description",
                 "authors", "copyright", "network_data_format", "required_packages_version"):  # fmt: skip
         assert meta.get(key), key
+
+
+def test_the_documented_zip_is_the_current_version():
+    """The download commands name the zip ``scripts.package`` writes: ``scse_brain27_v<metadata version>.zip``."""
+    version = json.load(open(os.path.join(CONFIGS, "metadata.json")))["version"]
+    for path in ("README.md", os.path.join("scripts", "package.py")):
+        text = open(os.path.join(ROOT, path)).read()
+        named = re.findall(r"scse_brain27_v([0-9][0-9.]*[0-9])\.zip", text)
+        assert named and set(named) == {version}, f"{path} names {sorted(set(named))}, the metadata {version}"
