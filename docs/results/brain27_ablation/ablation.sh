@@ -7,7 +7,7 @@
 #
 # INITIAL_WEIGHTS: phase 1's epoch-10 snapshot of the shipped model (models/brain27/snapshots/model_epoch0010.pt
 # after phase 1's command of docs/README.md; 20,000 slices with every part on). Each variant trains EPOCHS (default
-# 3) epochs of 150 batches of 32 slices at lr 0.01 with the brain profile, "removing" one part by giving it the value
+# 3) epochs of 150 batches of 16 slices at lr 0.01 with the brain profile, "removing" one part by giving it the value
 # it has without domain randomisation (domain_randomisation: false; the `synthesis` values, referenced), validates once at the end, then segments
 # ../shared/data/real_t1_aseg/images and the shifted copies with the last epoch's network and scores them against
 # the asegs. Finished steps of a variant (snapshot, dice/, dice_shifted/) are kept, so a rerun continues. The table:
@@ -51,7 +51,7 @@ for name in "${ORDER[@]}"; do
     $PY -m monai.bundle run training \
       --config_file "['configs/train.yaml','configs/data/brain27.yaml','configs/profiles/brain_synth.yaml']" \
       --dataset_dir ../shared/data/brain_label_maps --output_dir "$run/outputs" --ckpt_dir "$run/models" \
-      --initial_weights "$INIT" --batch_size 32 --iterations_per_epoch 150 --learning_rate 0.01 \
+      --initial_weights "$INIT" --batch_size 16 --iterations_per_epoch 150 --learning_rate 0.01 \
       --epochs "$EPOCHS" --lr_step_epochs 1000 --val_interval "$EPOCHS" --snapshot_interval "$EPOCHS" \
       ${V[$name]} > "$run/train.log" 2>&1 || { echo "$name: training failed, see $run/train.log" >&2; exit 1; }
     echo "$name: trained in $(( $(date +%s) - start )) s"
