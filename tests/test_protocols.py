@@ -5,6 +5,7 @@ Tests that need ../shared/data are skipped when it is absent; the rest run on ar
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -160,12 +161,15 @@ def _freesurfer_maps(folder, count: int, shape=(32, 32, 32)) -> str:
     return str(folder)
 
 
-def test_brain27_from_label_maps_trains_and_evaluates(tmp_path):
+@pytest.mark.parametrize("spacing", ["3.0", "6.0"])
+def test_brain27_from_label_maps_trains_and_evaluates(tmp_path, spacing):
+    """The maps are 3 mm; at 6 mm the network works on a coarser grid than the reference's, and the evaluation must
+    still score the reference file as it is (not the label carried to 6 mm and back)."""
     maps = _freesurfer_maps(tmp_path / "maps", 5)
     config = f"['{TRAIN}','{BRAIN}']"
     args = ["--source", "label_maps", "--dataset_dir", maps, "--num_test", "1", "--num_validation", "1",
-            "--spacing", "[3.0,3.0,3.0]", "--slice_size", "[32,32]", "--features", "4", "--epochs", "1",
-            "--slices_per_volume", "2"]  # fmt: skip
+            "--spacing", f"[{spacing},{spacing},{spacing}]", "--slice_size", "[32,32]", "--features", "4",
+            "--epochs", "1", "--slices_per_volume", "2"]  # fmt: skip
     args += ["--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "m")]
     # the training images synthesised a batch at a time on the trainer's device (the shared maps' test below
     # synthesises them in the loader)
@@ -184,6 +188,16 @@ def test_brain27_from_label_maps_trains_and_evaluates(tmp_path):
     label = nib.load(str(tmp_path / "out" / "eval" / "inputs" / "map_04_label.nii.gz"))  # protocol values, not FS
     assert label.shape == source.shape and set(np.unique(np.asarray(label.dataobj))) <= set(range(28))
     assert np.array_equal(np.asarray(label.dataobj) > 0, np.isin(np.asarray(source.dataobj), [0, 515], invert=True))
+    # the evaluation's Dice is the standalone scorer's on the saved prediction against the map file
+    from scripts.evaluation.segmentations import dice_per_structure, protocol
+
+    names, remap = protocol([TRAIN, BRAIN])
+    reference = np.asarray(remap({"label": np.asarray(source.dataobj)[None]})["label"])[0]
+    expected = dice_per_structure(np.asarray(seg.dataobj), reference, len(names))
+    with open(tmp_path / "out" / "eval" / "dice_per_volume.csv") as f:
+        row = next(csv.DictReader(f))
+    measured = np.array([float(row[name]) if row[name] not in ("", "nan") else np.nan for name in names[1:]])
+    assert np.allclose(measured, expected, atol=1e-4, equal_nan=True)
     split = json.load(open(tmp_path / "out" / "datalist.json"))  # the split is recorded beside the outputs
     assert [len(split[k]) for k in ("training", "validation", "test")] == [3, 1, 1]
 

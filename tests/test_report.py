@@ -78,3 +78,40 @@ def test_no_crop_with_the_background_class_or_without_foreground():
     assert joint_foreground_box([empty, empty]) is None
     with pytest.raises(ValueError, match="one shape"):
         joint_foreground_box([ref, ref[:, 1:]])
+
+
+def test_the_reference_is_the_label_file_with_the_protocols_values(tmp_path):
+    """ReferenceLabeld reads the label file again with the value transforms only (the spatial ones are Invertd's)."""
+    import nibabel as nib
+    from monai.transforms import EnsureChannelFirstd, LoadImaged, MapLabelValued, Orientationd, Spacingd
+
+    from scripts.errors import InputError
+    from scripts.evaluation.reference import ReferenceLabeld, value_transforms
+
+    values = np.zeros((12, 10, 8), dtype=np.int16)
+    values[2:9, 3:7, 1:6], values[4:6, 4:6, 2:4] = 41, 17
+    path = str(tmp_path / "map.nii.gz")
+    nib.save(nib.Nifti1Image(values, np.diag([1.0, 1.0, 1.0, 1.0])), path)
+    transforms = [
+        LoadImaged("label", image_only=True),
+        EnsureChannelFirstd("label"),
+        Orientationd("label", axcodes="LPS"),
+        Spacingd("label", pixdim=(2.0, 2.0, 2.0), mode="nearest"),
+        MapLabelValued("label", orig_labels=[0, 41, 17], target_labels=[0, 1, 2]),
+    ]
+    assert [type(t).__name__ for t in value_transforms(transforms)] == [
+        "LoadImaged",
+        "EnsureChannelFirstd",
+        "MapLabelValued",
+    ]
+    carried = transforms[0]({"label": path})
+    for t in transforms[1:]:
+        carried = t(carried)  # the label as the network's grid has it: reoriented, 2 mm, protocol values
+    pred = torch.zeros((1, 12, 10, 8))
+    out = ReferenceLabeld("label", transforms, like="pred")({"label": carried["label"], "pred": pred})
+    expected = np.select([values == 41, values == 17], [1, 2], 0)
+    assert np.array_equal(np.asarray(out["label"])[0], expected)
+    with pytest.raises(InputError, match="came back as \\(6, 5, 4\\)"):
+        ReferenceLabeld("label", transforms)({"label": carried["label"], "pred": torch.zeros((1, 6, 5, 4))})
+    with pytest.raises(InputError, match="'label' has no file name"):
+        ReferenceLabeld("label", transforms)({"label": torch.zeros((1, 4, 4, 4)), "pred": pred})
