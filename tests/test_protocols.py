@@ -360,3 +360,18 @@ def test_training_slices_from_listed_voxels_equal_monais_draw_from_the_volume():
             assert set(a) == {"image", "label"}
             assert torch.equal(a["label"].as_tensor(), b["label"].as_tensor())
             assert torch.equal(a["image"].as_tensor(), b["image"].as_tensor())
+
+
+@pytest.mark.parametrize("protocol, interpolated", [(None, False), (BRAIN, True), (CT, False)])
+def test_evaluation_carries_predictions_back_as_inference_does(protocol, interpolated):
+    """brain27's coarser network: the evaluation interpolates the class probabilities, as inference.yaml does."""
+    from scripts.aggregation import InvertProbabilitiesd
+    from scripts.evaluation.reference import ReferenceLabeld
+
+    files = [TRAIN, EVALUATE] + ([protocol] if protocol else [])
+    steps = parse(*files).get_parsed_content("eval_postprocessing")
+    assert any(isinstance(t, InvertProbabilitiesd) for t in steps) == interpolated
+    assert isinstance(steps[-1], ReferenceLabeld)
+    assert (
+        parse(INFERENCE, *([protocol] if protocol else [])).get_parsed_content("interpolation_enabled") == interpolated
+    )

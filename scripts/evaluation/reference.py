@@ -2,12 +2,12 @@
 
 The network works on the label's grid after the protocol's spatial transforms (orientation, resampling to e.g. 2 mm);
 its prediction is carried back to the file's grid by MONAI's ``Invertd``. Carrying the label there the same way
-(nearest neighbour, 2 mm and back) would score the prediction against a blockier reference than the file, one
-made in the network's own voxels (on the shared 1 mm brain label maps it raised the shipped model's mean Dice by
-about 0.08: docs/README.md, "Evaluation time"). :class:`ReferenceLabeld` reads the label file again instead and
+(nearest neighbour, 2 mm and back) would score the prediction against a blockier reference than the file, one made in
+the network's own voxels (on the shared 1 mm brain label maps it raised the shipped model's mean Dice by 0.07-0.08
+over the file's: docs/README.md, "Evaluation time"). :class:`ReferenceLabeld` reads the label file again instead and
 applies the protocol's label transforms that are not spatial (what ``Invertd`` would undo is left out: reading,
-channel first and the label-value mapping remain), so the Dice is that of ``scripts.evaluation.segmentations`` on the
-saved predictions.
+channel first and the label-value mapping remain), so the Dice is that of ``scripts.evaluation.segmentations`` on
+the saved predictions.
 """
 
 from __future__ import annotations
