@@ -324,9 +324,13 @@ class OnnxRuntimeNetwork(nn.Module):
                 f"--onnx_file '{path}' does not exist: export it first (python -m monai.bundle onnx_export "
                 "--args_file configs/onnx_export.yaml)"
             )
-        providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        providers: list = ["CPUExecutionProvider"]
+        device = torch.device(device)
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+            else:
+                logger.warning("ONNX Runtime has no CUDA provider here (onnxruntime-gpu): the export runs on the CPU")
         options = onnxruntime.SessionOptions()
         # the threads torch was given (OMP_NUM_THREADS, or the cores this process may use), not ONNX Runtime's own
         # count of the machine's physical cores: several processes on few cores must not oversubscribe them
@@ -341,6 +345,8 @@ class OnnxRuntimeNetwork(nn.Module):
                 f"--onnx_file '{path}' cannot be loaded by ONNX Runtime: {str(e).splitlines()[0][:200]}"
             ) from e
         self.input_name = self.session.get_inputs()[0].name
+        classes = self.session.get_outputs()[0].shape[1]
+        self.out_channels = classes if isinstance(classes, int) else None  # None: a dynamic axis
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs = {self.input_name: x.detach().cpu().numpy().astype(np.float32, copy=False)}
@@ -391,7 +397,8 @@ def slice_boxes(crop: object) -> bool:
 
 def check_model(backend: str, checkpoint: str, onnx_file: str, network: nn.Module) -> str:
     """Refuse before any volume is read what the backend cannot run: a checkpoint that is missing, unreadable or of
-    another network (torch), or an ONNX file that is missing or unreadable (onnxruntime).
+    another network (torch), or an ONNX file that is missing, unreadable or of another number of classes
+    (onnxruntime).
 
     Returns:
         the file the backend runs.
@@ -399,7 +406,13 @@ def check_model(backend: str, checkpoint: str, onnx_file: str, network: nn.Modul
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
-        OnnxRuntimeNetwork(onnx_file)
+        classes = OnnxRuntimeNetwork(onnx_file).out_channels
+        expected = getattr(getattr(network, "classifier", None), "out_channels", None)
+        if classes is not None and expected is not None and classes != expected:
+            raise InputError(
+                f"--onnx_file '{onnx_file}' gives {classes} classes but the configured protocol has {expected}; "
+                "expected an export of this protocol's network"
+            )
         return onnx_file
     return check_checkpoint(checkpoint, network)
 

@@ -189,6 +189,26 @@ def test_list_volumes(tmp_path):
     _raises("holds no NIfTI volumes", list_volumes, str(tmp_path / "empty"))
 
 
+def test_list_volumes_refuses_what_would_overwrite_or_is_no_image(tmp_path):
+    # two scans of one name (a BIDS layout) would write one <name>_seg.nii.gz
+    datalist = tmp_path / "bids.json"
+    datalist.write_text(json.dumps({"test": ["sub-01/anat/T1w.nii.gz", "sub-02/anat/T1w.nii.gz"]}))
+    message = _raises("would both give the output of 'T1w'", list_volumes, str(datalist))
+    assert str(tmp_path / "sub-01" / "anat" / "T1w.nii.gz") in message
+    # a label-map datalist (label keys only) has nothing to segment
+    datalist.write_text(json.dumps({"test": [{"label": "x.nii.gz"}]}))
+    _raises("item 0 of 'test' has no 'image'", list_volumes, str(datalist))
+    # labels written into the folder of the scans would be segmented as scans by the next run
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "a.nii.gz").write_bytes(b"")
+    _raises("is the folder of the scans", list_volumes, str(tmp_path / "scans"), output_dir=str(tmp_path / "scans"))
+    assert len(list_volumes(str(tmp_path / "scans"), output_dir=str(tmp_path / "out"))) == 1
+    # evaluation: one prediction file and one Dice row per name
+    items = [{"label": str(tmp_path / "a" / "map.nii.gz")}, {"label": str(tmp_path / "b" / "map.nii.gz")}]
+    _raises("would both give the evaluation's prediction and Dice row of 'map'", check_volumes, items,
+            unique_names=["image", "label"])  # fmt: skip
+
+
 # check_volumes ------------------------------------------------------------------------------------------------------
 
 
@@ -270,6 +290,8 @@ def test_check_dimensions(tmp_path):
     single = _save(tmp_path / "single.nii.gz", np.random.default_rng(0).random((*SHAPE, 1)).astype(np.float32))
     label = _pair(tmp_path)["label"]
     check_volumes([{"image": single, "label": label}], allowed_labels=3)  # a trailing channel of 1 is a 3D volume
+    five = _save(tmp_path / "five.nii.gz", np.random.default_rng(0).random((*SHAPE, 1, 1)).astype(np.float32))
+    _raises(r"has shape \(12, 10, 8, 1, 1\); expected a 3D volume", check_volumes, [{"image": five}])
 
 
 def test_check_bad_items(tmp_path):

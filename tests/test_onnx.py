@@ -71,3 +71,18 @@ def test_inference_with_onnxruntime_gives_the_torch_labels(tiny_onnx_model, tmp_
     assert (
         missing.stderr.strip().splitlines()[-1].startswith(f"ERROR: --onnx_file '{tmp_path}/none.onnx' does not exist")
     )
+
+
+def test_an_export_of_another_protocol_is_refused_before_work(tmp_path):
+    """check_model compares the export's classes with the configured network's (a 5-class export, 28 configured)."""
+    from scripts.errors import InputError
+    from scripts.inference import check_model
+
+    args = yaml.safe_load(open(EXPORT_ARGS))
+    path = str(tmp_path / "five.onnx")
+    five = get_network("unet", "scse", 2, 1, 5, features=4).eval()
+    convert_to_onnx(five, [torch.rand(*args["input_shape"])], filename=path, use_trace=True, **args["converter_kwargs"])
+    assert OnnxRuntimeNetwork(path).out_channels == 5
+    assert check_model("onnxruntime", "unused.pt", path, five) == path
+    with pytest.raises(InputError, match=f"--onnx_file '{path}' gives 5 classes but the configured protocol has 28"):
+        check_model("onnxruntime", "unused.pt", path, get_network("unet", "scse", 2, 1, 28, features=4))

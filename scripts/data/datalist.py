@@ -311,20 +311,54 @@ def load_split(datalist_path: str, split: str) -> list[dict]:
         ) from e
 
 
-def list_volumes(folder_or_datalist: str) -> list[dict]:
+def refuse_name_clashes(items: Sequence[dict], key: str = "image", what: str = "output") -> None:
+    """Refuse items whose ``key`` files share a name: their outputs (``<name>_seg.nii.gz`` in one folder, a row of
+    the Dice table) would overwrite each other.
+
+    Raises:
+        InputError: naming the first two files of one name.
+    """
+    seen: dict[str, object] = {}
+    for item in items:
+        path = item.get(key) if isinstance(item, dict) else None
+        if not isinstance(path, (str, os.PathLike)):
+            continue
+        name = _stem(os.path.basename(str(path)))
+        if name in seen:
+            raise InputError(
+                f"'{seen[name]}' and '{path}' would both give the {what} of '{name}'; expected volumes of distinct "
+                "file names (rename them, or run each folder on its own)"
+            )
+        seen[name] = path
+
+
+def list_volumes(folder_or_datalist: str, output_dir: str | None = None) -> list[dict]:
     """Volumes to run inference on.
 
     Args:
         folder_or_datalist: a folder (every ``*.nii`` / ``*.nii.gz`` in it, sorted), a datalist JSON (its ``"test"``
             images, else its ``"inference"`` images) or a single NIfTI file.
+        output_dir: where the labels go; refused when it is the input folder (the next run would segment them).
 
     Returns:
         list of ``{"image": path}``.
 
     Raises:
-        ValueError: when the path is missing or yields no volume.
+        InputError: when the path is missing or yields no volume, an item has no image, two volumes share a file name
+            (their outputs would overwrite each other) or ``output_dir`` is the input folder.
     """
     path = folder_or_datalist
+    items = _list_volumes(path)
+    refuse_name_clashes(items)
+    if output_dir is not None and os.path.isdir(path) and os.path.realpath(output_dir) == os.path.realpath(path):
+        raise InputError(
+            f"--output_dir '{output_dir}' is the folder of the scans; expected another folder (a later run would "
+            "segment the labels written there as scans)"
+        )
+    return items
+
+
+def _list_volumes(path: str) -> list[dict]:
     if os.path.isdir(path):
         items = [{"image": os.path.abspath(os.path.join(path, n))} for n in _nifti_files(path)]
         if not items:
@@ -335,7 +369,14 @@ def list_volumes(folder_or_datalist: str) -> list[dict]:
         key = next((k for k in ("test", "inference") if data.get(k)), None)
         if key is None:
             raise InputError(f"datalist '{path}' has no 'test' or 'inference' volumes (keys present: {list(data)})")
-        return [{"image": item["image"]} for item in load_split(path, key)]
+        items = load_split(path, key)
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or "image" not in item:
+                raise InputError(
+                    f"datalist '{path}' item {index} of '{key}' has no 'image' ({item!r}); expected images to segment "
+                    "(a label-map datalist is for training and evaluation)"
+                )
+        return [{"image": item["image"]} for item in items]
     if os.path.isfile(path) and _is_nifti(os.path.basename(path)):
         return [{"image": os.path.abspath(path)}]
     if not os.path.exists(path):
@@ -376,7 +417,7 @@ def _read_volume(path: object, role: str) -> tuple[np.ndarray, np.ndarray]:
         data = np.asanyarray(volume.dataobj)
     except _READ_ERRORS as e:
         raise InputError(f"cannot read NIfTI '{path}': {_one_line(e)}") from e
-    while data.ndim > 3 and data.shape[-1] == 1:
+    if data.ndim == 4 and data.shape[-1] == 1:  # what MONAI's loader also takes as 3D
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(
@@ -430,6 +471,7 @@ def check_volumes(
     min_size: int | None = None,
     equal_slices: bool = False,
     skip_bad: bool = False,
+    unique_names: Sequence[str] = (),
 ) -> list[dict]:
     """Check every volume of a datalist before training, evaluation or inference starts.
 
@@ -453,6 +495,8 @@ def check_volumes(
         equal_slices: all volumes must give slices of one size (training batches without ``slice_size``).
         skip_bad: return the good items as :class:`UsableVolumes` and log the bad ones (inference), instead of
             refusing them all; all bad is refused all the same.
+        unique_names: keys whose files must have distinct names (evaluation: a prediction file and a row of the
+            Dice table per name), checked before any file is read.
 
     Returns:
         the items (the good ones with ``skip_bad``), so the check can wrap a datalist in a config expression.
@@ -460,6 +504,8 @@ def check_volumes(
     Raises:
         InputError: with a one-line message naming every bad file and what was expected.
     """
+    for key in unique_names:
+        refuse_name_clashes(items, key, what="evaluation's prediction and Dice row")
     if isinstance(allowed_labels, int):
         allowed_labels = range(allowed_labels)
     allowed = None if allowed_labels is None else {int(v) for v in allowed_labels}

@@ -25,7 +25,8 @@ SUMMARY_JSON = "dice_summary.json"
 
 
 def summarise_dice(dice: np.ndarray, structure_names: Sequence[str]) -> dict:
-    """Summary of a ``(volumes, structures)`` Dice array; NaN (structure absent from label and prediction) is skipped.
+    """Summary of a ``(volumes, structures)`` Dice array; NaN is skipped: a structure absent from the label (MONAI's
+    ``ignore_empty``: its Dice is undefined there, whether or not the prediction has it).
 
     Returns:
         ``{"structures": {name: {"mean", "std", "n"}}, "overall": {"mean", "std", "n"}}`` where ``overall`` is over

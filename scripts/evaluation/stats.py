@@ -7,8 +7,8 @@ two-sided Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`, its default `
 zero differences), paired twice:
 
 - by test volume: the per-volume mean Dice of the two runs, one pair per volume both runs evaluated;
-- by (volume, structure): every structure of every volume, pairs with a NaN (structure absent from both label and
-  prediction in either run) dropped.
+- by (volume, structure): every structure of every volume, pairs with a NaN (structure absent from the label, MONAI's
+  ``ignore_empty``, in either run) dropped.
 
 The paper reports ``p <= 0.001`` without saying how it paired; with 15 test volumes a pairing by volume cannot go below
 ``2 / 2**15 = 6.1e-5``, so both are given.
@@ -405,8 +405,8 @@ def format_table1_markdown(rows: Sequence[Table1Row], title: str = "Table 1", re
         f"# {title}",
         "",
         "Mean ± standard deviation over the test volumes of each volume's mean Dice over its structures (structures "
-        "absent from both label and prediction skipped; population standard deviation, as `dice_summary.json`). "
-        "Best mean per network in bold; `-`: no finished run.",
+        "absent from the label skipped, whatever the prediction; population standard deviation, as "
+        "`dice_summary.json`). Best mean per network in bold; `-`: no finished run.",
         "",
     ]
     if len(counts) == 1:
