@@ -35,6 +35,7 @@ from monai.transforms import Invertd, InvertibleTransform, MapTransform
 from torch import nn
 
 from .checkpoint import check_checkpoint, network_state
+from .errors import InputError
 
 __all__ = [
     "InvertProbabilitiesd",
@@ -332,7 +333,13 @@ class MultiViewInferer(Inferer):
             axis = int(axis)
             if axis not in (0, 1, 2) or axis == self.slice_axis:
                 raise ValueError(f"view axis {axis} must be 0, 1 or 2 and differ from slice_axis {self.slice_axis}.")
-            check_checkpoint(path, network_def)
+            refusal = None
+            try:
+                check_checkpoint(path, network_def)
+            except InputError as e:
+                refusal = str(e)
+            if refusal is not None:  # raised outside the handler: the one-line report shows the innermost refusal
+                raise InputError(f"--views {axis}: {refusal}")
             network = copy.deepcopy(network_def)
             network.load_state_dict(network_state(path))
             network.eval()

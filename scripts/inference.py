@@ -47,6 +47,7 @@ __all__ = [
     "foreground_crop",
     "inference_network",
     "native_bf16",
+    "needs_loss_scaling",
     "resolve_precision",
     "slice_boxes",
 ]
@@ -79,6 +80,12 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     if kind == "cuda":
         return "fp16"
     return "bf16" if kind == "cpu" and native_bf16() else "fp32"
+
+
+def needs_loss_scaling(precision: str, device: str | torch.device) -> bool:
+    """Whether a training in ``precision`` on ``device`` needs its loss scaled: float16 autocast on CUDA, whose small
+    gradients would underflow to zero (MONAI's trainer then scales them, ``amp``); bfloat16 and float32 need none."""
+    return torch.device(device).type == "cuda" and resolve_precision(precision, device) == "fp16"
 
 
 class FastInference(nn.Module):

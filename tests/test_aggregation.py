@@ -231,7 +231,7 @@ def test_views_are_checked(tmp_path):
         MultiViewInferer(1, {1: str(tmp_path / "a.pt")}, net)
     with pytest.raises(ValueError, match="view_weights"):
         MultiViewInferer(1, {2: str(tmp_path / "a.pt")}, net, weights={1: 1.0})
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match=r"^--views 2: checkpoint .* does not exist"):
         MultiViewInferer(1, {2: str(tmp_path / "missing.pt")}, net)
     other = get_network("unet", "scse", 2, 1, 7, features=4)  # another number of classes
     with pytest.raises(InputError, match="does not fit"):
@@ -258,3 +258,10 @@ def test_the_inference_config_runs_several_views_or_mirroring(tmp_path, options)
     assert result.returncode == 0, result.stderr[-3000:]
     out = nib.load(str(tmp_path / "out" / "head_seg.nii.gz"))
     assert out.shape == image.shape and np.allclose(out.affine, affine)
+    if options[0] == "--views":  # a missing view is refused before the scans are read (a bad one would be skipped)
+        nib.save(nib.Nifti1Image(np.zeros_like(image), affine), str(scans / "constant.nii.gz"))
+        cmd[-1] = f"{{0: '{tmp_path / 'none.pt'}'}}"
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode != 0 and "ERROR: --views 0: checkpoint" in result.stderr
+        assert "constant.nii.gz" not in result.stderr

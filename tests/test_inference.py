@@ -311,3 +311,18 @@ def test_autocast_inferer_runs_the_forward_pass_in_the_chosen_precision(monkeypa
     assert AutocastInferer("auto", "cpu").precision == "fp32"  # emulated bf16 is slower than fp32
     with pytest.raises(ValueError, match="precision"):
         AutocastInferer("int8")
+
+
+def test_float16_training_on_cuda_scales_its_loss():
+    """fp16 autocast on CUDA needs MONAI's GradScaler (amp); bf16, fp32 and the CPU do not (no GPU needed)."""
+    from monai.bundle import ConfigParser
+
+    from scripts.inference import needs_loss_scaling
+
+    assert needs_loss_scaling("fp16", "cuda") and needs_loss_scaling("auto", "cuda:1")
+    assert not any(needs_loss_scaling(p, "cuda") for p in ("bf16", "fp32"))
+    assert not any(needs_loss_scaling(p, "cpu") for p in ("fp16", "auto", "bf16"))
+    parser = ConfigParser()
+    parser.read_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "train.yaml"))
+    parser.update({"device": "$torch.device('cpu')", "train_precision": "fp16"})
+    assert parser.get_parsed_content("train#trainer#amp") is False
