@@ -398,3 +398,20 @@ def test_an_epoch_is_one_loader_pass_of_whole_batches_with_every_volume_equally_
     parser.update({"batch_size": 4, "iterations_per_epoch": None})  # slices_per_volume 16 of each volume per epoch
     loader = parser.get_parsed_content("train#dataloader", lazy=False)
     assert len(loader) == 64 and np.bincount(torch.cat(list(loader)).numpy()).tolist() == [16] * 16
+
+
+def test_slices_are_judged_after_the_protocols_resampling(tmp_path):
+    """A 1 mm volume 24 voxels deep gives 12 at 2 mm (refused before work), a 6 mm one 14 deep gives 40 (accepted)."""
+    rng = np.random.default_rng(0)
+    thin = str(tmp_path / "thin.nii.gz")
+    nib.save(nib.Nifti1Image(rng.random((64, 64, 24)).astype(np.float32), np.eye(4)), thin)
+    check_volumes([{"image": thin}], axcodes="RAS", slice_axis=1, min_size=16)  # 64 x 24 at 1 mm
+    _raises("gives slices of 32x12 voxels", check_volumes, [{"image": thin}], axcodes="RAS", slice_axis=1, min_size=16,
+            spacing=[2.0, 2.0, 2.0])  # fmt: skip
+    coarse = str(tmp_path / "coarse.nii.gz")
+    nib.save(nib.Nifti1Image(rng.random((64, 64, 14)).astype(np.float32), np.diag([1.0, 1.0, 6.0, 1.0])), coarse)
+    _raises(
+        "gives slices of 64x14 voxels", check_volumes, [{"image": coarse}], axcodes="RAS", slice_axis=1, min_size=16
+    )
+    check_volumes([{"image": coarse}], axcodes="RAS", slice_axis=1, min_size=16, spacing=[2.0, 2.0, 2.0])
+    check_volumes([{"image": coarse}], axcodes="RAS", slice_axis=2, min_size=16, spacing=[2.0, 2.0, -1])  # CT-like

@@ -451,12 +451,23 @@ def _describe(values: set[int]) -> str:
     return str(ordered)
 
 
-def _slice_shape(shape: tuple[int, ...], affine: np.ndarray, axcodes: str, slice_axis: int) -> tuple[int, ...]:
-    """The 2D slice size of a volume once reoriented to ``axcodes`` and cut along ``slice_axis``."""
+def _slice_shape(
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    axcodes: str,
+    slice_axis: int,
+    spacing: Sequence[float] | None = None,
+) -> tuple[int, ...]:
+    """The 2D slice size of a volume once reoriented to ``axcodes``, resampled to ``spacing`` (mm per reoriented
+    axis, ``-1`` or ``None``: kept; MONAI's ``Spacing`` gives ``floor((n - 1) * voxel / spacing) + 1`` voxels) and cut
+    along ``slice_axis``."""
     ornt = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt(axcodes))
+    voxel = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
     oriented = [0, 0, 0]
     for axis, (target, _) in enumerate(ornt):
-        oriented[int(target)] = shape[axis]
+        size, target = int(shape[axis]), int(target)
+        mm = float(spacing[target]) if spacing is not None else -1.0
+        oriented[target] = int(np.floor((size - 1) * voxel[axis] / mm + 1e-6)) + 1 if mm > 0 else size
     return tuple(size for axis, size in enumerate(oriented) if axis != slice_axis)
 
 
@@ -472,6 +483,7 @@ def check_volumes(
     equal_slices: bool = False,
     skip_bad: bool = False,
     unique_names: Sequence[str] = (),
+    spacing: Sequence[float] | None = None,
 ) -> list[dict]:
     """Check every volume of a datalist before training, evaluation or inference starts.
 
@@ -495,6 +507,8 @@ def check_volumes(
         equal_slices: all volumes must give slices of one size (training batches without ``slice_size``).
         skip_bad: return the good items as :class:`UsableVolumes` and log the bad ones (inference), instead of
             refusing them all; all bad is refused all the same.
+        spacing: the voxel size (mm, per axis after reorientation; -1 keeps an axis) the volumes are resampled to
+            before slicing, so that ``min_size`` and ``equal_slices`` judge the slices the network gets.
         unique_names: keys whose files must have distinct names (evaluation: a prediction file and a row of the
             Dice table per name), checked before any file is read.
 
@@ -513,7 +527,7 @@ def check_volumes(
     def slice_size(data: np.ndarray, affine: np.ndarray) -> tuple[int, ...]:
         if axcodes is None or slice_axis is None:
             return tuple(data.shape)
-        return _slice_shape(data.shape, affine, axcodes, slice_axis)
+        return _slice_shape(data.shape, affine, axcodes, slice_axis, spacing)
 
     def check(index_item: tuple[int, dict]) -> tuple[str, tuple[int, ...]]:
         index, item = index_item
