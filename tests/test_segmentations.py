@@ -53,7 +53,7 @@ def test_freesurfer_references_are_mapped_to_the_protocol(tmp_path, capsys):
 def test_mismatched_grids_and_missing_references_are_refused_in_one_line(tmp_path):
     preds, labels = tmp_path / "pred", tmp_path / "labels"
     preds.mkdir(), labels.mkdir()
-    _save(labels / "sub1.nii.gz", np.ones((8, 8, 8), dtype=np.uint8))
+    _save(labels / "sub1.nii.gz", np.full((8, 8, 8), 2, dtype=np.uint8))  # FreeSurfer's left cerebral white matter
     _save(preds / "sub1_seg.nii.gz", np.ones((8, 8, 8), dtype=np.uint8), np.diag([2.0, 2.0, 2.0, 1.0]))
     cmd = [sys.executable, "-m", "scripts.evaluation.segmentations", "--predictions", str(preds), "--labels",
            str(labels), "--out", str(tmp_path / "dice")]  # fmt: skip
@@ -80,3 +80,24 @@ def test_round_trip_gives_the_ceiling_of_a_coarser_model(tmp_path):
     assert main(["--round_trip_mm", "1.0", "--labels", str(labels), "--config_file", "configs/train.yaml", "--out",
                  str(tmp_path / "dice")]) == 0  # fmt: skip
     assert json.load(open(tmp_path / "dice" / "dice_summary.json"))["overall"]["mean"] == 1.0
+
+
+def test_unknown_or_unreadable_references_and_trailing_dimensions(tmp_path):
+    preds, labels = tmp_path / "pred", tmp_path / "labels"
+    preds.mkdir(), labels.mkdir()
+    aseg = np.zeros((8, 8, 8), dtype=np.int16)
+    aseg[2:6, 2:6, 2:6] = 2  # left cerebral white matter
+    aseg[0, 0, 0] = 29  # a FreeSurfer value the protocol does not declare
+    _save(labels / "sub1.nii.gz", aseg)
+    pred = (aseg == 2).astype(np.uint8)
+    _save(preds / "sub1_seg.nii.gz", pred[..., None])  # a 3D volume written with a last dimension of 1
+    args = ["--predictions", str(preds), "--labels", str(labels), "--config_file", BRAIN, "--out", str(tmp_path / "d")]
+    assert main(args) == 2  # refused, not scored as some class
+    aseg[0, 0, 0] = 0
+    _save(labels / "sub1.nii.gz", aseg)
+    assert main(args) == 0  # the trailing dimension of 1 is the same grid
+    assert json.load(open(tmp_path / "d" / "dice_summary.json"))["overall"]["mean"] == 1.0
+    (labels / "sub1.nii.gz").write_bytes(open(labels / "sub1.nii.gz", "rb").read()[:-40])  # truncated
+    cmd = [sys.executable, "-m", "scripts.evaluation.segmentations", *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "sub1.nii.gz" in result.stderr

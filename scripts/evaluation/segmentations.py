@@ -30,6 +30,7 @@ from monai.bundle import ConfigParser
 from monai.metrics import compute_dice
 from monai.transforms import Compose
 
+from ..data.datalist import check_volumes
 from ..errors import InputError
 from .crop import crop_to_joint_foreground
 from .report import write_dice_report
@@ -81,6 +82,19 @@ def protocol(config_files: Sequence[str]) -> tuple[list[str], Compose]:
     names = list(parser.get_parsed_content("label_names"))
     remap = parser.get_parsed_content("remap_transforms") if "remap_transforms" in parser else []
     return names, Compose(remap)
+
+
+def allowed_labels(config_files: Sequence[str]) -> list[int] | None:
+    """The label values a reference may hold under the protocol of ``config_files`` (before its remapping)."""
+    parser = ConfigParser()
+    parser.read_config(list(config_files))
+    return list(parser.get_parsed_content("allowed_labels")) if "allowed_labels" in parser else None
+
+
+def _spatial(shape: Sequence[int]) -> tuple[int, ...]:
+    """A volume's shape without a last dimension of 1 (a 3D volume written as 4D)."""
+    shape = tuple(int(n) for n in shape)
+    return shape[:-1] if len(shape) == 4 and shape[-1] == 1 else shape
 
 
 def dice_per_structure(prediction: np.ndarray, reference: np.ndarray, num_classes: int) -> np.ndarray:
@@ -149,21 +163,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             pairs = pair_files(args.predictions, args.labels, args.suffix)
         names, remap = protocol(configs)
+        # every reference read whole and its values checked against the protocol before any is scored (a value the
+        # protocol does not know would otherwise pass its remapping unchanged and count as some class)
+        check_volumes([{"label": path} for _, _, path in pairs], allowed_labels=allowed_labels(configs))
         rows = []
         for name, pred_path, label_path in pairs:
             label_img = _load(label_path)
-            reference = np.asarray(remap({"label": np.asarray(label_img.dataobj)[None]})["label"][0])
+            reference = np.asarray(
+                remap({"label": np.asarray(label_img.dataobj).reshape(_spatial(label_img.shape))[None]})["label"][0]
+            )
             if pred_path is None:
                 voxels = [float(v) for v in label_img.header.get_zooms()[:3]]
                 prediction = round_trip(reference, voxels, args.round_trip_mm, len(names))
             else:
                 pred_img = _load(pred_path)
-                if pred_img.shape != label_img.shape or not np.allclose(pred_img.affine, label_img.affine, atol=1e-3):
+                if _spatial(pred_img.shape) != _spatial(label_img.shape):
                     raise InputError(
-                        f"'{pred_path}' has shape {pred_img.shape} and another affine than its reference "
-                        f"'{label_path}' {label_img.shape}: segment the reference's own image"
+                        f"'{pred_path}' has shape {pred_img.shape} but its reference '{label_path}' "
+                        f"{label_img.shape}: segment the reference's own image"
                     )
-                prediction = np.asarray(pred_img.dataobj)
+                if not np.allclose(pred_img.affine, label_img.affine, atol=1e-3):
+                    raise InputError(
+                        f"'{pred_path}' has another affine than its reference '{label_path}': segment the "
+                        "reference's own image"
+                    )
+                prediction = np.asarray(pred_img.dataobj).reshape(_spatial(pred_img.shape))
             dice = dice_per_structure(prediction, reference, len(names))
             rows.append(dice)
             print(f"{name}: mean Dice {np.nanmean(dice):.3f} over {int(np.sum(~np.isnan(dice)))} structures")
