@@ -43,9 +43,25 @@ __all__ = [
     "axis_aligned_argmax",
     "axis_aligned_map",
     "axis_aligned_resample",
+    "left_right_axis",
 ]
 
 LEFT_RIGHT_AXIS = 0  # of RAS volumes: slices along it (sagittal) have no left-right axis
+
+
+def left_right_axis(axcodes: str) -> int:
+    """The spatial axis that runs between left and right in volumes oriented to ``axcodes`` (0 for RAS or LPS).
+
+    Raises:
+        InputError: where ``axcodes`` names neither L nor R (no such axis: mirroring and left/right pairs need one).
+    """
+    codes = str(axcodes).upper()
+    for index, code in enumerate(codes):
+        if code in "LR":
+            return index
+    raise InputError(f"--axcodes {axcodes!r} has no L or R axis; expected one (e.g. RAS) to tell left from right")
+
+
 _AXIS_TOL = 1e-6  # off-axis terms of the index map below this count as zero
 
 
@@ -301,14 +317,15 @@ class MultiViewInferer(Inferer):
         views: ``{axis: checkpoint file}`` of the other views (their networks are ``network_def``'s architecture).
         network_def: the network template (its weights are not used).
         weights: ``{axis: weight}`` of every view, normalised to sum 1 (``None``: equal weights).
-        left_right_pairs: class index pairs ``[left, right]``; a view along :data:`LEFT_RIGHT_AXIS` (sagittal) gives
+        left_right_pairs: class index pairs ``[left, right]``; a view along ``left_right_axis`` (sagittal) gives
             both of a pair their mean probability.
         sw_batch_size: slices per forward pass.
         wrap: callable turning a network into the module to run (e.g. :class:`scripts.inference.FastInference`
             settings); ``None`` runs it as it is.
-        mirror: also segment the volume mirrored along :data:`LEFT_RIGHT_AXIS` and average (twice the network time
+        mirror: also segment the volume mirrored along ``left_right_axis`` and average (twice the network time
             for every view but a sagittal one, which sees the same slices mirrored and gains nothing). For anatomy
             that is left-right symmetric up to the ``left_right_pairs`` (the brain), not for an abdomen.
+        left_right_axis: the spatial axis between left and right (:func:`left_right_axis` of the axcodes).
 
     Returns (``__call__``):
         the log of the mean probabilities, ``(N, classes, H, W, D)`` float32: a softmax or an argmax of it gives the
@@ -325,9 +342,11 @@ class MultiViewInferer(Inferer):
         sw_batch_size: int = 16,
         wrap=None,
         mirror: bool = False,
+        left_right_axis: int = LEFT_RIGHT_AXIS,
     ) -> None:
         super().__init__()
         self.slice_axis = int(slice_axis)
+        self.left_right_axis = int(left_right_axis)
         self.views: dict[int, nn.Module] = {}
         for axis, path in (views or {}).items():
             axis = int(axis)
@@ -367,13 +386,13 @@ class MultiViewInferer(Inferer):
     def _probabilities(self, inputs: torch.Tensor, network, axis: int) -> torch.Tensor:
         inferer = SliceInferer(spatial_dim=axis, roi_size=(-1, -1), sw_batch_size=self.sw_batch_size, progress=False)
         probabilities = torch.softmax(torch.as_tensor(inferer(inputs, network)).float(), dim=1)
-        if self.mirror and axis != LEFT_RIGHT_AXIS:
-            side = 2 + LEFT_RIGHT_AXIS  # (N, C, *spatial)
+        if self.mirror and axis != self.left_right_axis:
+            side = 2 + self.left_right_axis  # (N, C, *spatial)
             mirrored = torch.as_tensor(inferer(torch.flip(inputs, dims=(side,)), network)).float()
             mirrored = self._swap_sides(torch.softmax(mirrored, dim=1).flip(side))
             probabilities = probabilities.add_(mirrored).mul_(0.5)
             del mirrored
-        if axis == LEFT_RIGHT_AXIS and self.pairs:
+        if axis == self.left_right_axis and self.pairs:
             for left, right in self.pairs:
                 mean = (probabilities[:, left] + probabilities[:, right]) / 2
                 probabilities[:, left], probabilities[:, right] = mean, mean

@@ -265,3 +265,11 @@ def test_the_inference_config_runs_several_views_or_mirroring(tmp_path, options)
         result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         assert result.returncode != 0 and "ERROR: --views 0: checkpoint" in result.stderr
         assert "constant.nii.gz" not in result.stderr
+
+
+def test_the_left_right_axis_follows_the_axcodes():
+    from scripts.aggregation import left_right_axis
+
+    assert [left_right_axis(c) for c in ("RAS", "LPS", "SAR", "ali")] == [0, 0, 2, 1]
+    with pytest.raises(InputError, match="--axcodes 'SAP' has no L or R axis"):
+        left_right_axis("SAP")
