@@ -32,6 +32,7 @@ import nibabel as nib
 import numpy as np
 from monai.bundle import ConfigParser
 
+from .checkpoint import check_checkpoint
 from .data.synthetic import centred_affine, generate_subject
 from .errors import InputError
 from .outputs import atomic_write, prepare_output_dir, publish
@@ -49,6 +50,28 @@ COPIED = ["configs/logging.conf", "LICENSE", "requirements.txt"]
 # data, and the model zoo's property check (which instantiates the dataset with the defaults) finds a volume
 EXAMPLE = "data/example/example_head.nii.gz"
 EXAMPLE_DIR = "$@bundle_root + '/data/example'"
+
+
+def check_package(root: str, protocol_path: str, checkpoint_path: str) -> None:
+    """Refuse, before anything is written, a bundle that could not work or whose metadata would describe another
+    model: weights that do not fit the protocol's network, or a protocol of other classes than
+    ``configs/metadata.json`` describes (its ``network_data_format``, modality and figures are the brain model's).
+
+    Raises:
+        InputError: naming the file and what was expected.
+    """
+    parser = ConfigParser()
+    parser.read_config([os.path.join(root, "configs", "inference.yaml"), protocol_path])
+    names = list(parser.get_parsed_content("label_names"))
+    pred = json.load(open(os.path.join(root, "configs", "metadata.json")))["network_data_format"]["outputs"]["pred"]
+    described = [pred["channel_def"][str(i)] for i in range(len(pred["channel_def"]))]
+    if names != described:
+        raise InputError(
+            f"'{protocol_path}' segments {len(names)} classes ({', '.join(names[:3])}, ...) but configs/metadata.json "
+            f"describes {len(described)} ({', '.join(described[:3])}, ...); expected the protocol the metadata "
+            "describes"
+        )
+    check_checkpoint(checkpoint_path, parser.get_parsed_content("network_def"))
 
 
 def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: str = ROOT) -> str:
@@ -69,6 +92,7 @@ def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: 
     for what, path in (("protocol config", protocol_path), ("checkpoint", checkpoint_path)):
         if not os.path.isfile(path):
             raise InputError(f"{what} '{path}' does not exist")
+    check_package(root, protocol_path, checkpoint_path)
     final = os.path.join(out_dir, name)
     bundle = prepare_output_dir(final + ".partial", option="out", fresh=True)
     os.makedirs(os.path.join(bundle, "configs"))

@@ -95,6 +95,23 @@ def test_packaging_refuses_a_missing_checkpoint_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("ERROR: checkpoint") and "models/none/model.pt" in err[0]
 
 
+def test_packaging_refuses_weights_or_a_protocol_the_bundle_would_not_fit(tmp_path, capsys):
+    """Checked before anything is written: weights of another network, a protocol of other classes than the metadata."""
+    import torch
+
+    from scripts.networks import get_network
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(get_network("unet", "scse", 2, 1, 5, features=8).state_dict(), wrong)
+    assert package_main(["--out", str(tmp_path / "a"), "--checkpoint", str(wrong)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit the configured network" in err[0]
+    assert package_main(["--out", str(tmp_path / "b"), "--protocol", "configs/data/abdomen_ct.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "but configs/metadata.json describes 28" in err[0]
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
 def test_packaging_again_replaces_the_bundle_whole_and_refuses_an_unwritable_out(packaged, tmp_path, capsys):
     out = os.path.dirname(packaged["bundle"])
     stale = os.path.join(packaged["bundle"], "stale.txt")
