@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 
 from monai.data import NibabelWriter
@@ -59,11 +60,19 @@ def atomic_write(path: str, write: Callable[[str], object]) -> None:
         raise
 
 
-def remove_partial_files(folder: str) -> None:
-    """Remove the temporary files of atomic writes that a killed run left in ``folder``."""
+def remove_partial_files(folder: str, older_than_s: float = 600.0) -> None:
+    """Remove the temporary files of atomic writes that a killed run left in ``folder``: those untouched for
+    ``older_than_s`` seconds, so that another run writing into the same folder (array jobs sharing an output folder)
+    keeps the file it is writing."""
+    now = time.time()
     for name in os.listdir(folder):
+        path = os.path.join(folder, name)
         if name.startswith(TEMP_PREFIX):
-            os.remove(os.path.join(folder, name))
+            try:
+                if now - os.path.getmtime(path) >= older_than_s:
+                    os.remove(path)
+            except FileNotFoundError:  # renamed into place or removed by its own run meanwhile
+                pass
 
 
 class AtomicNibabelWriter(NibabelWriter):

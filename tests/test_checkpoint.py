@@ -147,6 +147,7 @@ def test_a_new_training_keeps_the_earlier_ones_files(tmp_path, caplog):
     folder.mkdir()
     torch.save({"w": torch.ones(1)}, folder / BEST_FILE)
     (folder / ".partial-abc.pt").write_bytes(b"left by a kill")
+    os.utime(folder / ".partial-abc.pt", (0, 0))  # untouched since long ago
     claim_checkpoint_dir(str(folder))
     (kept,) = (folder / "previous").iterdir()
     assert torch.equal(torch.load(kept / BEST_FILE, weights_only=True)["w"], torch.ones(1))

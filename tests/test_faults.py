@@ -238,8 +238,11 @@ def test_outputs_are_complete_or_absent(tmp_path, monkeypatch):
         writer.write(str(tmp_path / "x_seg.nii.gz"))
     assert os.listdir(tmp_path) == []
     (tmp_path / ".partial-123-y_seg.nii.gz").write_bytes(b"left by kill -9")
+    os.utime(tmp_path / ".partial-123-y_seg.nii.gz", (0, 0))  # untouched since long ago
+    (tmp_path / ".partial-456-z_seg.nii.gz").write_bytes(b"being written by another run into this folder")
     prepare_output_dir(str(tmp_path))
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [".partial-456-z_seg.nii.gz"]
+    os.remove(tmp_path / ".partial-456-z_seg.nii.gz")
     # a finished evaluation replaces the whole earlier one, or nothing
     final, staging = tmp_path / "eval", tmp_path / "eval.partial"
     final.mkdir()
