@@ -352,13 +352,10 @@ class MultiViewInferer(Inferer):
             axis = int(axis)
             if axis not in (0, 1, 2) or axis == self.slice_axis:
                 raise ValueError(f"view axis {axis} must be 0, 1 or 2 and differ from slice_axis {self.slice_axis}.")
-            refusal = None
             try:
                 check_checkpoint(path, network_def)
             except InputError as e:
-                refusal = str(e)
-            if refusal is not None:  # raised outside the handler: the one-line report shows the innermost refusal
-                raise InputError(f"--views {axis}: {refusal}")
+                raise InputError(f"--views {axis}: {e}") from None
             network = copy.deepcopy(network_def)
             network.load_state_dict(network_state(path))
             network.eval()

@@ -37,12 +37,13 @@ class InputError(ValueError):
 
 
 def _chain(error: BaseException):
-    """The exception and its causes and contexts, outermost first, each once."""
+    """The exception and its causes and contexts, outermost first, each once; a context suppressed by ``raise ...
+    from None`` (a refusal restated with more to say) is not followed, as Python's own traceback does not show it."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         yield error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
 
 
 def _raised_here(error: BaseException) -> bool:

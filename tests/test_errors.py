@@ -52,6 +52,17 @@ def test_refusals_are_found_inside_the_wrappers_and_bugs_are_not():
             raise RuntimeError("Failed to instantiate component") from e
     except RuntimeError as wrapped:
         assert refusal_message(find_refusal(wrapped)) == "--epochs 0 is out of range; expected a number > 0"
+    # a refusal restated with more to say (raise ... from None) is the one reported, not the one it replaced
+    try:
+        try:
+            try:
+                check_options(positive={"epochs": 0})
+            except InputError as e:
+                raise InputError(f"--views 2: {e}") from None
+        except InputError as e:
+            raise RuntimeError("Failed to instantiate component") from e
+    except RuntimeError as wrapped:
+        assert refusal_message(find_refusal(wrapped)) == "--views 2: --epochs 0 is out of range; expected a number > 0"
     try:
         np.zeros(3).reshape(2)  # a ValueError raised by numpy: not a refusal, keeps its traceback
     except ValueError as e:
