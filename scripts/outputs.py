@@ -76,7 +76,19 @@ def remove_partial_files(folder: str, older_than_s: float = 600.0) -> None:
 
 
 class AtomicNibabelWriter(NibabelWriter):
-    """MONAI's ``NibabelWriter`` that writes to a temporary file beside the target and renames it into place."""
+    """MONAI's ``NibabelWriter`` that writes to a temporary file beside the target and renames it into place, and
+    keeps the volume's spatial dimensions.
+
+    MONAI's writer squeezes every trailing dimension of size 1 (``squeeze_end_dims``), so a single-slice volume
+    ``(H, W, 1)`` would be written as ``(H, W)``, and a 2D NIfTI cannot take the 3D affine of an oblique or
+    reoriented scan (MONAI fails on it, after the whole segmentation). Here only the channel (of size 1) is dropped:
+    ``(1, H, W, D) -> (H, W, D)`` whatever ``D`` is.
+    """
+
+    def set_data_array(self, data_array, channel_dim=0, squeeze_end_dims: bool = True, **kwargs) -> None:
+        super().set_data_array(data_array, channel_dim=channel_dim, squeeze_end_dims=False, **kwargs)
+        if squeeze_end_dims and self.data_obj.shape[-1] == 1:  # the channel, last once channel-last
+            self.data_obj = self.data_obj[..., 0]
 
     def write(self, filename, verbose: bool = False, **obj_kwargs) -> None:
         atomic_write(filename, lambda staging: super(AtomicNibabelWriter, self).write(staging, verbose, **obj_kwargs))

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -97,13 +98,20 @@ def test_a_bad_evaluation_switch_is_refused_before_work(tiny, tmp_path):
 
 
 def test_inference_writes_one_label_volume_per_input_with_its_affine(tiny, tmp_path):
-    folder = os.path.join(tiny["data"], "imagesTr")
+    folder = str(tmp_path / "scans")
+    shutil.copytree(os.path.join(tiny["data"], "imagesTr"), folder)
+    # a single axial slice is written (H, W, 1) like its input, not squeezed to a 2D file (MONAI's writer squeezed
+    # it, and failed on the 2D affine after the segmentation where the slice was not the file's first two axes)
+    source = nib.load(glob.glob(os.path.join(folder, "*.nii.gz"))[0])
+    single = np.asarray(source.dataobj)[:, :, 16:17]
+    nib.save(nib.Nifti1Image(single, source.affine), os.path.join(folder, "single_slice.nii.gz"))
     out = tmp_path / "seg"
     args = ["--dataset_dir", folder, "--output_dir", str(out), "--checkpoint", tiny["ckpt"], "--features", "4"]
     bundle("run", "inference", "--config_file", INFERENCE, *args, cwd=str(tmp_path))
     inputs = sorted(glob.glob(os.path.join(folder, "*.nii.gz")))
     outputs = sorted(glob.glob(str(out / "*_seg.nii.gz")))
-    assert len(outputs) == len(inputs) == 6
+    assert len(outputs) == len(inputs) == 7
+    assert nib.load(out / "single_slice_seg.nii.gz").shape == (32, 32, 1)
     for src, seg in zip(inputs, outputs):
         a, b = nib.load(src), nib.load(seg)
         assert b.shape == a.shape and np.allclose(b.affine, a.affine)

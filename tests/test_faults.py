@@ -17,6 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
+from monai.transforms import SaveImage
 
 from scripts.checkpoint import BEST_FILE, LATEST_FILE
 from scripts.data.synthetic import generate_dataset
@@ -222,6 +224,21 @@ def test_inference_segments_the_good_volumes_and_names_every_bad_one(data, train
     assert "a_good" not in last
     assert sorted(os.listdir(out)) == ["a_good_seg.nii.gz", "b_good_seg.nii.gz"]
     assert nib.load(out / "a_good_seg.nii.gz").shape == good.shape
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4), (6, 5, 1), (6, 1, 4)])
+def test_the_writer_keeps_the_spatial_shape_and_affine(tmp_path, shape):
+    # a coronal slice of a scan stored L, I, A: MONAI's writer squeezed (6, 5, 1) to (6, 5), whose 2D affine (L, I
+    # against x, y) is singular, and failed after the segmentation
+    affine = np.array([[-1.0, 0, 0, 128], [0, 0, 1, -128], [0, -1, 0, 128], [0, 0, 0, 1]])
+    labels = MetaTensor(torch.arange(int(np.prod(shape)), dtype=torch.uint8).reshape(1, *shape), affine=affine)
+    labels.meta.update(filename_or_obj=str(tmp_path / "x.nii.gz"), original_channel_dim="no_channel")  # as read
+    save = SaveImage(output_dir=str(tmp_path), output_postfix="seg", output_dtype=np.uint8, separate_folder=False,
+                     resample=False, writer=AtomicNibabelWriter, print_log=False)  # fmt: skip
+    save(labels)  # as inference.yaml's SaveImaged
+    written = nib.load(tmp_path / "x_seg.nii.gz")
+    assert written.shape == shape and np.allclose(written.affine, affine)
+    assert np.array_equal(np.asarray(written.dataobj), np.arange(np.prod(shape)).reshape(shape))
 
 
 def test_outputs_are_complete_or_absent(tmp_path, monkeypatch):
