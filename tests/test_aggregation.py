@@ -265,6 +265,15 @@ def test_the_inference_config_runs_several_views_or_mirroring(tmp_path, options)
         result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         assert result.returncode != 0 and "ERROR: --views 0: checkpoint" in result.stderr
         assert "constant.nii.gz" not in result.stderr
+        # one axial slice: the axial model could segment it, the sagittal view could not (20x1 slices)
+        os.remove(scans / "constant.nii.gz")
+        nib.save(nib.Nifti1Image(image[:, :, 8:9], affine), str(scans / "one_slice.nii.gz"))
+        cmd[-1] = f"{{0: '{tmp_path / 'sagittal.pt'}'}}"
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode != 0 and "one_slice.nii.gz' gives slices of 20x1 voxels along the view axis 0" in (
+            result.stderr.splitlines()[-1]
+        )
+        assert sorted(os.listdir(tmp_path / "out")) == ["head_seg.nii.gz"]
 
 
 def test_the_left_right_axis_follows_the_axcodes():

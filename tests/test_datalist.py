@@ -363,6 +363,22 @@ def test_check_slice_size_in_the_slicing_orientation(tmp_path):
     assert check_volumes([{"image": path}], axcodes="RAS", slice_axis=2, min_size=16)
 
 
+def test_the_views_slices_are_checked_too(tmp_path):
+    # a single coronal slice: fine for the coronal model, but an axial view would cut it into 20x1 slices
+    path = str(tmp_path / "coronal.nii.gz")
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 1, 20)).astype(np.float32), np.eye(4)), path)
+    assert check_volumes([{"image": path}], axcodes="RAS", slice_axis=1, min_size=16)
+    _raises(
+        f"^'{path}' gives slices of 20x1 voxels along the view axis 2 \\(--views\\); expected at least 16 each way",
+        check_volumes,
+        [{"image": path}],
+        axcodes="RAS",
+        slice_axis=1,
+        min_size=16,
+        view_axes=[2],
+    )
+
+
 def test_check_names_every_bad_volume_and_equal_slices(tmp_path):
     good, other = _pair(tmp_path, "good"), _pair(tmp_path, "other", shape=(12, 11, 8))
     missing = {"image": str(tmp_path / "missing.nii.gz")}

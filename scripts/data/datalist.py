@@ -484,6 +484,7 @@ def check_volumes(
     skip_bad: bool = False,
     unique_names: Sequence[str] = (),
     spacing: Sequence[float] | None = None,
+    view_axes: Sequence[int] = (),
 ) -> list[dict]:
     """Check every volume of a datalist before training, evaluation or inference starts.
 
@@ -511,6 +512,8 @@ def check_volumes(
             before slicing, so that ``min_size`` and ``equal_slices`` judge the slices the network gets.
         unique_names: keys whose files must have distinct names (evaluation: a prediction file and a row of the
             Dice table per name), checked before any file is read.
+        view_axes: further axes the volumes are sliced along (inference with several views, ``--views``); their
+            slices must be at least ``min_size`` each way too.
 
     Returns:
         the items (the good ones with ``skip_bad``), so the check can wrap a datalist in a config expression.
@@ -528,6 +531,15 @@ def check_volumes(
         if axcodes is None or slice_axis is None:
             return tuple(data.shape)
         return _slice_shape(data.shape, affine, axcodes, slice_axis, spacing)
+
+    def check_views(data: np.ndarray, affine: np.ndarray, name: str) -> None:
+        for axis in view_axes if axcodes is not None and min_size is not None else ():
+            size = _slice_shape(data.shape, affine, axcodes, int(axis), spacing)
+            if min(size) < min_size:
+                raise InputError(
+                    f"'{name}' gives slices of {'x'.join(map(str, size))} voxels along the view axis {axis} (--views); "
+                    f"expected at least {min_size} each way (the network pools 4 times)"
+                )
 
     def check(index_item: tuple[int, dict]) -> tuple[str, tuple[int, ...]]:
         index, item = index_item
@@ -579,6 +591,8 @@ def check_volumes(
                 f"'{name}' gives slices of {'x'.join(map(str, size))} voxels; expected at least {min_size} each way "
                 "(the network pools 4 times)"
             )
+        if image is not None:
+            check_views(image, image_affine, name)
         return name, size
 
     # Reading is mostly decompression, which releases the GIL. Every item is checked; errors in datalist order.
