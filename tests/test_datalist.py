@@ -189,6 +189,22 @@ def test_list_volumes(tmp_path):
     _raises("holds no NIfTI volumes", list_volumes, str(tmp_path / "empty"))
 
 
+def test_list_volumes_names_the_volumes_of_other_formats(tmp_path, caplog):
+    # FreeSurfer's T1.mgz beside NIfTI scans was skipped without a word
+    for name in ("T1.mgz", "scan.nii.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    with caplog.at_level("WARNING"):
+        assert [v["image"] for v in list_volumes(str(tmp_path))] == [str(tmp_path / "scan.nii.gz")]
+    assert "not segmented, as not NIfTI: T1.mgz; convert them to NIfTI first (FreeSurfer: mri_convert" in caplog.text
+    os.remove(tmp_path / "scan.nii.gz")
+    _raises(
+        r"holds no NIfTI volumes \(\*.nii, \*.nii.gz\), only other formats \(T1.mgz\); convert them to NIfTI",
+        list_volumes,
+        str(tmp_path),
+    )
+    _raises(r"T1.mgz' is not a NIfTI volume .*; convert it to NIfTI first", list_volumes, str(tmp_path / "T1.mgz"))
+
+
 def test_list_volumes_refuses_what_would_overwrite_or_is_no_image(tmp_path):
     # two scans of one name (a BIDS layout) would write one <name>_seg.nii.gz
     datalist = tmp_path / "bids.json"

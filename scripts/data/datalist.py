@@ -35,6 +35,9 @@ from .synthetic import ensure_default_dataset
 __all__ = ["UsableVolumes", "check_volumes", "list_volumes", "load_split", "resolve_datalist"]
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+# volumes of other formats that users keep beside their NIfTI files: named, with how to convert them, not ignored
+_OTHER_VOLUME_SUFFIXES: tuple[str, ...] = (".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".hdr")
+_CONVERT_HINT = "convert them to NIfTI first (FreeSurfer: mri_convert T1.mgz T1.nii.gz; others: SimpleITK, nibabel)"
 # Marks datalists this module wrote, so they are rebuilt when the folder changes instead of being trusted as the
 # user's own.
 _GENERATED_BY = "scripts.data.datalist"
@@ -358,11 +361,21 @@ def list_volumes(folder_or_datalist: str, output_dir: str | None = None) -> list
     return items
 
 
+def _other_volumes(names: Sequence[str]) -> list[str]:
+    """The names among ``names`` of volume files in formats other than NIfTI (``.mgz``, ``.nrrd``, DICOM, ...)."""
+    return sorted(n for n in names if not n.startswith(".") and n.lower().endswith(_OTHER_VOLUME_SUFFIXES))
+
+
 def _list_volumes(path: str) -> list[dict]:
     if os.path.isdir(path):
         items = [{"image": os.path.abspath(os.path.join(path, n))} for n in _nifti_files(path)]
+        others = _other_volumes(os.listdir(path))
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         if not items:
-            raise InputError(f"folder '{path}' holds no NIfTI volumes (*.nii, *.nii.gz)")
+            hint = f", only other formats ({shown}); {_CONVERT_HINT}" if others else ""
+            raise InputError(f"folder '{path}' holds no NIfTI volumes (*.nii, *.nii.gz){hint}")
+        if others:
+            logger.warning(f"folder '{path}': not segmented, as not NIfTI: {shown}; {_CONVERT_HINT}")
         return items
     if os.path.isfile(path) and path.endswith(".json"):
         data = _read_json(path)
@@ -381,6 +394,8 @@ def _list_volumes(path: str) -> list[dict]:
         return [{"image": os.path.abspath(path)}]
     if not os.path.exists(path):
         raise InputError(f"'{path}' does not exist; expected a folder of NIfTI volumes or a datalist JSON")
+    if _other_volumes([os.path.basename(path)]):
+        raise InputError(f"'{path}' is not a NIfTI volume (*.nii, *.nii.gz); {_CONVERT_HINT.replace('them', 'it')}")
     raise InputError(f"'{path}' is neither a folder, a datalist JSON nor a NIfTI volume")
 
 
