@@ -547,14 +547,17 @@ def check_volumes(
             return tuple(data.shape)
         return _slice_shape(data.shape, affine, axcodes, slice_axis, spacing)
 
+    def refuse_small(size: tuple[int, ...], name: str, where: str = "") -> None:
+        if min_size is not None and min(size) < min_size:
+            raise InputError(
+                f"'{name}' gives slices of {'x'.join(map(str, size))} voxels{where}; expected at least {min_size} "
+                "each way (the network pools 4 times)"
+            )
+
     def check_views(data: np.ndarray, affine: np.ndarray, name: str) -> None:
-        for axis in view_axes if axcodes is not None and min_size is not None else ():
+        for axis in view_axes if axcodes is not None else ():
             size = _slice_shape(data.shape, affine, axcodes, int(axis), spacing)
-            if min(size) < min_size:
-                raise InputError(
-                    f"'{name}' gives slices of {'x'.join(map(str, size))} voxels along the view axis {axis} (--views); "
-                    f"expected at least {min_size} each way (the network pools 4 times)"
-                )
+            refuse_small(size, name, f" along the view axis {axis} (--views)")
 
     def check(index_item: tuple[int, dict]) -> tuple[str, tuple[int, ...]]:
         index, item = index_item
@@ -601,11 +604,7 @@ def check_volumes(
                 raise InputError(f"label '{label_path}' holds only background (0); expected labelled structures")
             if image is None:
                 size, name = slice_size(label, label_affine), str(label_path)
-        if min_size is not None and min(size) < min_size:
-            raise InputError(
-                f"'{name}' gives slices of {'x'.join(map(str, size))} voxels; expected at least {min_size} each way "
-                "(the network pools 4 times)"
-            )
+        refuse_small(size, name)
         if image is not None:
             check_views(image, image_affine, name)
         return name, size
