@@ -30,7 +30,7 @@ def test_dice_per_structure_with_monai():
     assert np.isclose(dice[0], 2 * 32 / (64 + 32)) and dice[1] == 1.0 and np.isnan(dice[2])  # class 3: absent
 
 
-def test_freesurfer_references_are_mapped_to_the_protocol(tmp_path, capsys):
+def test_freesurfer_references_are_mapped_to_the_protocol(tmp_path, capsys, caplog):
     preds, labels = tmp_path / "pred", tmp_path / "labels"
     preds.mkdir(), labels.mkdir()
     aseg = np.zeros((12, 12, 12), dtype=np.int16)
@@ -48,6 +48,13 @@ def test_freesurfer_references_are_mapped_to_the_protocol(tmp_path, capsys):
     assert summary["overall"]["mean"] == 1.0 and summary["structures"]["left cerebral cortex"]["n"] == 1
     assert summary["structures"]["right thalamus"]["n"] == 0  # absent from the reference: left out
     assert "sub1: mean Dice 1.000 over 2 structures" in capsys.readouterr().out
+    # a reference without a segmentation (a scan inference skipped) is named, not silently left out of the mean
+    _save(labels / "sub0.nii.gz", aseg)
+    with caplog.at_level("WARNING"):
+        assert main(["--predictions", str(preds), "--labels", str(labels), "--config_file", BRAIN, "--out",
+                     str(tmp_path / "dice")]) == 0  # fmt: skip
+    assert "1 of the 2 references in" in caplog.text and "have no segmentation" in caplog.text
+    assert caplog.text.rstrip().endswith("are not scored: sub0")
 
 
 def test_mismatched_grids_and_missing_references_are_refused_in_one_line(tmp_path):

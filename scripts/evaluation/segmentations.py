@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ from ..errors import InputError
 from .crop import crop_to_joint_foreground
 from .report import write_dice_report
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["dice_per_structure", "main", "pair_files", "protocol", "round_trip"]
 
 SUFFIXES = (".nii.gz", ".nii")
@@ -49,6 +52,7 @@ def _stem(name: str) -> str | None:
 
 def pair_files(predictions: str, labels: str, suffix: str = "_seg") -> list[tuple[str, str, str]]:
     """``(name, prediction, label)`` for every prediction ``<name><suffix>.nii[.gz]`` with a label ``<name>.nii[.gz]``.
+    References without a prediction are named in a warning (a scan that inference skipped is not scored).
 
     Raises:
         InputError: a folder is missing, a prediction has no label, or nothing pairs.
@@ -71,6 +75,13 @@ def pair_files(predictions: str, labels: str, suffix: str = "_seg") -> list[tupl
         raise InputError(f"no reference label in '{labels}' for {', '.join(unmatched)} (expected <name>.nii.gz)")
     if not pairs:
         raise InputError(f"no segmentation '<name>{suffix}.nii.gz' in '{predictions}'")
+    unscored = sorted(set(label_files) - {name for name, _, _ in pairs})
+    if unscored:
+        shown = ", ".join(unscored[:10]) + (", ..." if len(unscored) > 10 else "")
+        logger.warning(
+            f"{len(unscored)} of the {len(label_files)} references in '{labels}' have no segmentation in "
+            f"'{predictions}' and are not scored: {shown}"
+        )
     return pairs
 
 
@@ -150,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for dice_per_volume.csv and dice_summary.json")
     parser.add_argument("--suffix", default="_seg", help="the predictions' name suffix")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s")
     configs = ast.literal_eval(args.config_file) if args.config_file.strip().startswith("[") else [args.config_file]
     try:
         if args.round_trip_mm is not None:
