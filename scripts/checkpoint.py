@@ -437,7 +437,8 @@ def claim_checkpoint_dir(
             )
         check_checkpoint(latest, network)
         trainer = load_checkpoint(latest).get("trainer", {})
-        done = trainer.get("epoch", 0)
+        # ignite's Engine.state_dict() holds the iterations and the epoch length, not the epoch
+        done = trainer.get("epoch", trainer.get("iteration", 0) // max(int(trainer.get("epoch_length") or 1), 1))
         if max_epochs is not None and done >= max_epochs:
             raise InputError(
                 f"the training in '{ckpt_dir}' already ran {done} of --epochs {max_epochs}; give a larger --epochs "

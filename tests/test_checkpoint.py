@@ -162,9 +162,13 @@ def test_resume_needs_a_checkpoint_with_epochs_left(tmp_path):
     folder = str(tmp_path)
     with pytest.raises(InputError, match=f"--resume true but '{folder}/{LATEST_FILE}' does not exist"):
         claim_checkpoint_dir(folder, resume=True)
-    torch.save({"model": _net().state_dict(), "trainer": {"epoch": 4, "max_epochs": 4}}, tmp_path / LATEST_FILE)
-    with pytest.raises(InputError, match="already ran 4 of --epochs 4; give a larger --epochs"):
-        claim_checkpoint_dir(folder, resume=True, network=_net(), max_epochs=4)
+    trainer = Engine(lambda engine, batch: None)
+    trainer.run(range(3), max_epochs=4)  # what CheckpointSaver stores: ignite's state_dict, iterations, no epoch
+    assert "epoch" not in trainer.state_dict()
+    torch.save({"model": _net().state_dict(), "trainer": trainer.state_dict()}, tmp_path / LATEST_FILE)
+    for epochs in (4, 3):  # the same --epochs again (nothing to do), or fewer (ignite refused with a traceback)
+        with pytest.raises(InputError, match=f"already ran 4 of --epochs {epochs}; give a larger --epochs"):
+            claim_checkpoint_dir(folder, resume=True, network=_net(), max_epochs=epochs)
     with pytest.raises(InputError, match="does not fit"):
         claim_checkpoint_dir(folder, resume=True, network=_net(features=8), max_epochs=8)
     before = time.time()
