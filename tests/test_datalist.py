@@ -173,6 +173,47 @@ def test_load_split_errors(tmp_path):
     _raises("does not exist", load_split, str(tmp_path / "none.json"), "training")
 
 
+def test_a_split_with_an_item_missing_a_key_is_refused_before_work(tmp_path):
+    # a misspelled "lable" failed in the transforms after caching; a validation item without a label after an epoch
+    path = tmp_path / "datalist.json"
+    items = [{"image": "a.nii.gz", "label": "a_seg.nii.gz"}, {"image": "b.nii.gz", "lable": "b_seg.nii.gz"}]
+    path.write_text(json.dumps({"training": items, "validation": [{"label": "c_seg.nii.gz"}], "shape": [32, 32]}))
+    assert len(load_split(str(path), "training")) == 2  # no keys asked: inference and label-map training
+    _raises(
+        f"^datalist '{path}' item 1 of 'training' has no 'label' \\(it has: image, lable\\); expected 'image', "
+        "'label' in every item$",
+        load_split,
+        str(path),
+        "training",
+        keys=["image", "label"],
+    )
+    assert load_split(str(path), "validation", keys=["label"])[0]["label"] == str(tmp_path / "c_seg.nii.gz")
+    _raises("item 0 of 'validation' has no 'image'", load_split, str(path), "validation", keys=["image", "label"])
+    # a missing split names the splits (not other lists) and how to get one made
+    message = _raises("has no key 'test' \\(split keys present: \\['training', 'validation'\\]\\)$", load_split,
+                      str(path), "test")  # fmt: skip
+    path.write_text(json.dumps({"training": items}))
+    message = _raises("has no key 'validation'", load_split, str(path), "validation")
+    assert "or give --dataset_dir a folder with imagesTr/ and labelsTr/" in message
+
+
+def test_the_configs_ask_every_split_for_the_protocols_keys():
+    configs = os.path.join(os.path.dirname(__file__), "..", "configs")
+    for files, keys in (
+        (["train.yaml"], ["image", "label"]),
+        (["train.yaml", "evaluate.yaml"], ["image", "label"]),
+        (["train.yaml", "data/brain27.yaml"], ["image", "label"]),
+    ):
+        parser = ConfigParser()
+        parser.read_config([os.path.join(configs, f) for f in files])
+        assert parser.get_parsed_content("datalist_keys") == keys
+        for split in ("train_datalist", "val_datalist", "test_datalist"):
+            if split in parser:
+                assert parser[split]["items"]["keys"] == "@datalist_keys"
+    parser.update({"source": "label_maps"})
+    assert parser.get_parsed_content("datalist_keys") == ["label"]
+
+
 def test_list_volumes(tmp_path):
     for name in ("b.nii.gz", "a.nii", "c.txt"):
         (tmp_path / name).write_bytes(b"")

@@ -285,33 +285,51 @@ def resolve_datalist(
     return target
 
 
-def load_split(datalist_path: str, split: str) -> list[dict]:
-    """One split of a Decathlon-style datalist, with paths resolved against the datalist's folder.
+def load_split(datalist_path: str, split: str, keys: Sequence[str] = ()) -> list[dict]:
+    """One split of a Decathlon-style datalist, with paths resolved against the datalist's folder (relative paths
+    are relative to the datalist file, not to the working folder).
 
     Args:
         datalist_path: the datalist JSON.
         split: key of the split, e.g. ``"training"``, ``"validation"``, ``"test"``.
+        keys: the keys every item must hold (``["image", "label"]`` for training on images; a misspelled or missing
+            key is refused here rather than failing in the transforms, after the volumes are cached).
 
     Returns:
         list of dicts such as ``{"image": path, "label": path}``.
 
     Raises:
-        ValueError: when the file is missing or unreadable, or the split is missing or empty.
+        InputError: when the file is missing or unreadable, the split is missing or empty, or an item lacks a key.
     """
     data = _read_json(datalist_path)
     if split not in data:
-        keys = [k for k, v in data.items() if isinstance(v, list)]
-        raise InputError(f"datalist '{datalist_path}' has no key '{split}' (split keys present: {keys})")
+        present = [k for k, v in data.items() if isinstance(v, list) and all(isinstance(i, (dict, str)) for i in v)]
+        hint = (
+            "; a datalist for training lists 'training' and 'validation' items (or give --dataset_dir a folder with "
+            "imagesTr/ and labelsTr/, split automatically)"
+            if split in ("training", "validation")
+            else ""
+        )
+        raise InputError(f"datalist '{datalist_path}' has no key '{split}' (split keys present: {present}){hint}")
     if not data[split]:
         raise InputError(f"datalist '{datalist_path}' key '{split}' is empty; expected at least one item")
     try:
-        return load_decathlon_datalist(
+        items = load_decathlon_datalist(
             datalist_path, is_segmentation=True, data_list_key=split, base_dir=os.path.dirname(datalist_path)
         )
     except TypeError as e:
         raise InputError(
             f"datalist '{datalist_path}' key '{split}' must list {{'image': ..., 'label': ...}} objects: {_one_line(e)}"
         ) from e
+    for index, item in enumerate(items):
+        missing = [k for k in keys if not isinstance(item, dict) or k not in item]
+        if missing:
+            has = ", ".join(map(str, item)) if isinstance(item, dict) else repr(item)
+            raise InputError(
+                f"datalist '{datalist_path}' item {index} of '{split}' has no {', '.join(map(repr, missing))} (it has: "
+                f"{has}); expected {', '.join(map(repr, keys))} in every item"
+            )
+    return items
 
 
 def refuse_name_clashes(items: Sequence[dict], key: str = "image", what: str = "output") -> None:
