@@ -55,6 +55,7 @@ __all__ = [
     "claim_checkpoint_dir",
     "load_checkpoint",
     "load_initial_weights",
+    "model_weights",
     "network_state",
     "release_checkpoint_dir",
 ]
@@ -293,12 +294,18 @@ def network_state(path: str) -> Mapping:
     """The network's weights in a checkpoint file, read as MONAI's ``CheckpointLoader`` reads it with ``load_dict``
     ``{"model": network}``: a ``model.pt`` is the state dict itself, a training checkpoint (``checkpoint_latest.pt``:
     network, optimiser, scheduler, trainer) holds it as ``model``. So the latest epoch of an interrupted training
-    segments, exports or fine-tunes as a ``model.pt`` does.
+    segments, is packaged or fine-tunes as a ``model.pt`` does (MONAI's ``ckpt_export`` reads it with
+    ``--key_in_ckpt model``).
 
     Raises:
         InputError: the file is missing or unreadable (:func:`load_checkpoint`).
     """
-    state = load_checkpoint(path)
+    return model_weights(load_checkpoint(path))
+
+
+def model_weights(state: Mapping) -> Mapping:
+    """The network's weights in a loaded checkpoint: ``state`` itself (a ``model.pt``), or its ``model`` entry (a
+    training checkpoint)."""
     model = state.get("model")
     return model if isinstance(model, Mapping) else state
 

@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 from monai.bundle import ConfigParser
 
-from .checkpoint import check_checkpoint
+from .checkpoint import atomic_torch_save, check_checkpoint, load_checkpoint, model_weights
 from .data.synthetic import centred_affine, generate_subject
 from .errors import InputError
 from .outputs import atomic_write, prepare_output_dir, publish
@@ -84,9 +84,14 @@ def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: 
         out_dir: folder that receives the bundle folder (created if missing).
         name: the bundle's name (its folder and the zip's stem).
         protocol: data/protocol config merged over the workflow configs (a path relative to ``root``).
-        checkpoint: the ``model.pt`` to ship (relative to ``root`` or absolute).
+        checkpoint: the ``model.pt`` to ship (relative to ``root`` or absolute); of a training checkpoint
+            (``checkpoint_latest.pt``) only the network's weights are shipped.
         root: the development bundle's root.
     """
+    if not name or name in (".", "..") or os.path.basename(name) != name or os.sep in name:
+        raise InputError(
+            f"--name '{name}' must be a plain folder name (no path): the bundle is written to --out/<name>"
+        )
     protocol_path = os.path.join(root, protocol)
     checkpoint_path = os.path.join(root, checkpoint)
     for what, path in (("protocol config", protocol_path), ("checkpoint", checkpoint_path)):
@@ -125,7 +130,12 @@ def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: 
         shutil.copytree(
             os.path.join(root, folder), os.path.join(bundle, folder), ignore=shutil.ignore_patterns("__pycache__")
         )
-    shutil.copy2(checkpoint_path, os.path.join(bundle, "models", "model.pt"))
+    state = load_checkpoint(checkpoint_path)
+    weights = model_weights(state)
+    if weights is state:
+        shutil.copy2(checkpoint_path, os.path.join(bundle, "models", "model.pt"))
+    else:  # a training checkpoint (checkpoint_latest.pt): the network's weights only, as a model.pt holds them
+        atomic_torch_save(dict(weights), os.path.join(bundle, "models", "model.pt"))
     metadata = json.load(open(os.path.join(root, "configs", "metadata.json")))
     metadata["description"] += (
         f" This bundle was packaged by python -m scripts.package from {protocol} and {checkpoint}: its inference "
@@ -164,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="dist", help="folder for the bundle folder and its zip")
     parser.add_argument("--name", default="scse_brain27", help="bundle name")
     parser.add_argument("--protocol", default="configs/data/brain27.yaml", help="protocol config, from the root")
-    parser.add_argument("--checkpoint", default="models/brain27/model.pt", help="weights to ship, from the root")
+    parser.add_argument(
+        "--checkpoint",
+        default="models/brain27/model.pt",
+        help="weights to ship, from the root (a model.pt, or a checkpoint_latest.pt: its network's weights)",
+    )
     parser.add_argument("--no_zip", action="store_true", help="write the folder only")
     args = parser.parse_args(argv)
     try:

@@ -125,3 +125,18 @@ def test_packaging_again_replaces_the_bundle_whole_and_refuses_an_unwritable_out
     assert package_main(["--out", str(blocked)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ERROR: --out") and str(blocked) in err[0]
+
+
+def test_a_training_checkpoint_ships_as_its_networks_weights(tmp_path, capsys):
+    # checkpoint_latest.pt was copied whole (optimizer, trainer, ...): MONAI's load() then updated 0 of its variables
+    # and returned an untrained network with rc 0, and ckpt_export failed on the unexpected keys
+    latest = os.path.join(ROOT, "models", "brain27", "checkpoint_latest.pt")
+    assert package_main(["--out", str(tmp_path), "--checkpoint", latest, "--no_zip"]) == 0
+    shipped = torch.load(tmp_path / NAME / "models" / "model.pt", weights_only=True)
+    expected = torch.load(latest, weights_only=True)["model"]
+    assert list(shipped) == list(expected) and all(torch.equal(shipped[k], expected[k]) for k in expected)
+    # and a name is a folder name, not a path out of --out
+    assert package_main(["--out", str(tmp_path), "--name", "../escaped", "--no_zip"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ERROR: --name '../escaped' must be a plain folder name")
+    assert not os.path.exists(tmp_path.parent / "escaped")
