@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Sequence
 from types import TracebackType
 
 __all__ = [
@@ -131,12 +132,14 @@ def one_line_errors(debug: bool = False) -> bool:
     return True
 
 
-def check_options(positive: dict | None = None, non_negative: dict | None = None) -> bool:
+def check_options(positive: dict | None = None, non_negative: dict | None = None, integers: Sequence[str] = ()) -> bool:
     """Refuse, in one line naming the option, numeric options out of range, before any data is read.
 
     Args:
         positive: ``{option: value}`` that must be > 0.
         non_negative: ``{option: value}`` that must be >= 0.
+        integers: the options among them that count something (epochs, slices, filters) and must be whole numbers
+            (``--epochs 2.5`` ran 3 epochs).
 
     Returns:
         ``True``.
@@ -144,10 +147,30 @@ def check_options(positive: dict | None = None, non_negative: dict | None = None
     for bound, options in ((0, positive or {}), (None, non_negative or {})):
         for name, value in options.items():
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-            if ok and (value > 0 if bound == 0 else value >= 0):
+            whole = ok and (name not in integers or float(value).is_integer())
+            if whole and (value > 0 if bound == 0 else value >= 0):
                 continue
-            expected = "a number > 0" if bound == 0 else "a number >= 0"
+            kind = "an integer" if name in integers else "a number"
+            expected = f"{kind} > 0" if bound == 0 else f"{kind} >= 0"
             raise InputError(f"--{name} {value!r} is out of range; expected {expected}")
+    return True
+
+
+def check_slice_size(slice_size: object, min_size: int) -> bool:
+    """Refuse, in one line, a ``--slice_size`` other than two integers, each ``-1`` (as the volumes are) or at least
+    the network's ``min_size``: ``32`` failed in a config expression, ``[8, 8]`` and ``[0, 0]`` after every volume
+    was cached, and a third value was silently ignored.
+
+    Returns:
+        ``True``.
+    """
+    ok = isinstance(slice_size, (list, tuple)) and len(slice_size) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= min_size) for v in slice_size)
+    if not ok:
+        raise InputError(
+            f"--slice_size {slice_size!r} is not a slice size; expected [H, W], each -1 (as the volumes are) or an "
+            f"integer of at least {min_size} (the network pools 4 times)"
+        )
     return True
 
 

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.errors import InputError, as_bool, check_device, check_options, find_refusal, refusal_message
+from scripts.errors import (
+    InputError,
+    as_bool,
+    check_device,
+    check_options,
+    check_slice_size,
+    find_refusal,
+    refusal_message,
+)
 
 
 def test_switches_read_as_the_command_line_gives_them():
@@ -24,9 +32,23 @@ def test_option_ranges():
         ({"positive": {"learning_rate": float("nan")}}, "--learning_rate nan is out of range"),
         ({"positive": {"batch_size": "4"}}, "--batch_size '4' is out of range"),
         ({"non_negative": {"weight_decay": -1e-4}}, "expected a number >= 0"),
+        (
+            {"positive": {"epochs": 2.5}, "integers": ["epochs"]},
+            r"^--epochs 2.5 is out of range; expected an integer > 0$",
+        ),
+        ({"non_negative": {"num_workers": 0.5}, "integers": ["num_workers"]}, "expected an integer >= 0"),
     ):
         with pytest.raises(InputError, match=message):
             check_options(**options)
+    assert check_options(positive={"epochs": 3, "learning_rate": 0.5}, integers=["epochs"])
+    assert check_options(positive={"epochs": 3.0}, integers=["epochs"])  # a whole number written as a float
+
+
+def test_slice_sizes():
+    assert check_slice_size([-1, -1], 16) and check_slice_size([32, -1], 16) and check_slice_size((16, 48), 16)
+    for value in (32, [8, 8], [0, 0], [32, 32, 32], [32.5, 32], ["32", 32], [True, 32], None):
+        with pytest.raises(InputError, match=r"^--slice_size .* is not a slice size; expected \[H, W\], each -1"):
+            check_slice_size(value, 16)
 
 
 def test_devices_this_machine_cannot_run_on_are_refused():
