@@ -13,6 +13,9 @@ timeout that ended it.
 
 from __future__ import annotations
 
+import ast
+import difflib
+import inspect
 import os
 import re
 import sys
@@ -25,9 +28,11 @@ __all__ = [
     "as_choice",
     "check_device",
     "check_options",
+    "check_slice_size",
     "find_refusal",
     "one_line_errors",
     "refusal_message",
+    "refuse_unknown_options",
 ]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -238,4 +243,91 @@ def check_device(device: object) -> bool:
     count = torch.cuda.device_count()
     if dev.index is not None and dev.index >= count:
         raise InputError(f"--device {device}: {count} CUDA device(s) visible, so cuda:0 to cuda:{count - 1}")
+    return True
+
+
+def _runner_parameters() -> set[str]:
+    """The keyword arguments MONAI's ``run`` takes for itself (not config overrides), and the settings its
+    experiment tracking (``--tracking mlflow``) adds to the config (``--tracking_uri``, ``--experiment_name``, ...)."""
+    from monai.bundle import ConfigWorkflow
+    from monai.bundle.scripts import create_workflow, run
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    names = set(DEFAULT_MLFLOW_SETTINGS["configs"])
+    for function in (run, create_workflow, ConfigWorkflow.__init__):
+        names |= {p.name for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD}
+    return names - {"self"}
+
+
+def _command_line_options(args: Sequence[str]) -> dict[str, object]:
+    """``{name: value}`` of the ``--name value``, ``--name=value`` and ``--flag`` options of a command line, as
+    python-fire reads them for MONAI's runner (``-`` in a name taken as ``_``)."""
+    options: dict[str, object] = {}
+    index = 0
+    while index < len(args):
+        token = args[index]
+        index += 1
+        if not token.startswith("--") or token == "--":
+            continue
+        name, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if index < len(args) and not args[index].startswith("--"):
+                value, index = args[index], index + 1
+            else:
+                value = "true"
+        options[name.replace("-", "_")] = value
+    return options
+
+
+def refuse_unknown_options(argv: Sequence[str] | None = None) -> bool:
+    """Refuse, in one line, a command-line option that names nothing in the configs, such as ``--epoch 1`` for
+    ``--epochs`` or ``--datalists``: MONAI's runner adds any ``--name value`` to the config, where nothing reads it,
+    so a misspelled option was silently ignored (a misspelled ``--datalist`` trained on the generated dataset).
+
+    A nested id (``--train#trainer#amp true``) needs its parent (``train#trainer``) only: it may add an argument.
+    Acts only in a process started by ``python -m monai.bundle`` (MONAI Label and Python callers have their own
+    command lines); options from ``--args_file`` are checked too.
+
+    Args:
+        argv: the command line (``sys.argv``).
+
+    Returns:
+        ``True``.
+    """
+    from monai.bundle import ConfigParser
+
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not os.path.normpath(argv[0]).endswith(os.path.join("monai", "bundle", "__main__.py")):
+        return True
+    options = _command_line_options(argv[1:])
+    if "args_file" in options:
+        from_file = ConfigParser.load_config_file(str(options["args_file"]))
+        options = {**{str(k): v for k, v in from_file.items()}, **options}
+    files = options.get("config_file")
+    if not isinstance(files, (str, list, tuple)):
+        return True  # the runner itself refuses a missing config
+    if isinstance(files, str) and files.strip().startswith("["):
+        files = ast.literal_eval(files)
+    parser = ConfigParser()
+    parser.read_config(list(files) if isinstance(files, (list, tuple)) else files)
+    config = parser.get()
+    runner = _runner_parameters()
+    for name in options:
+        if name in runner:
+            continue
+        *parents, last = re.split("::|#", name)  # MONAI's id separators, new and old
+        node, known = config, (parents or [last])[0] in config
+        for part in parents:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                known = False
+                break
+        if not known:
+            tops = [k for k in config if not k.startswith("_")]
+            close = [] if parents else difflib.get_close_matches(name, tops, n=1)
+            hint = f" (did you mean --{close[0]}?)" if close else ""
+            raise InputError(f"--{name} is not an option of these configs: nothing would read it{hint}")
     return True

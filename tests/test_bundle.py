@@ -172,6 +172,7 @@ def test_verify_net_in_out_with_the_metadata(tmp_path):
         (["--device", "cuda:99"], "ERROR: --device cuda:99: "),  # a CPU-only build here; 99 past the GPUs elsewhere
         (["--threads", "0"], "threads must be a positive whole number or null (one per available core), got 0"),
         (["--slice_size", "[8,8]"], "--slice_size [8, 8] is not a slice size; expected [H, W], each -1"),
+        (["--epoch", "1"], "--epoch is not an option of these configs: nothing would read it (did you mean --epochs?)"),
     ],
 )
 def test_bad_input_is_refused_before_training(tiny, tmp_path, override, message):

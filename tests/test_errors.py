@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,7 @@ from scripts.errors import (
     check_slice_size,
     find_refusal,
     refusal_message,
+    refuse_unknown_options,
 )
 
 
@@ -89,3 +93,41 @@ def test_refusals_are_found_inside_the_wrappers_and_bugs_are_not():
         np.zeros(3).reshape(2)  # a ValueError raised by numpy: not a refusal, keeps its traceback
     except ValueError as e:
         assert find_refusal(e) is None
+
+
+def test_misspelled_bundle_options_are_refused(tmp_path):
+    # MONAI's runner adds any --name to the config: --epoch 1 ran the default 20 epochs, a misspelled --datalist
+    # trained on the generated dataset
+    import monai.bundle
+
+    main = os.path.join(os.path.dirname(monai.bundle.__file__), "__main__.py")
+    train = os.path.join(os.path.dirname(__file__), "..", "configs", "train.yaml")
+    evaluate = os.path.join(os.path.dirname(__file__), "..", "configs", "evaluate.yaml")
+
+    def command(*options: str, config: str = train) -> list[str]:
+        return [main, "run", "training", "--config_file", config, *options]
+
+    fine = ["--epochs", "3", "--dataset-dir", "d", "--train#trainer#amp", "false", "--train::trainer::amp", "false",
+            "--meta_file", "m.json", "--tracking_uri", "u", "--resume=true", "--debug"]  # fmt: skip
+    assert refuse_unknown_options(command(*fine))
+    assert refuse_unknown_options(command("--checkpoint", "x.pt", config=f"['{train}','{evaluate}']"))
+    for options, message in (
+        (
+            ["--epoch", "1"],
+            r"^--epoch is not an option of these configs: nothing would read it \(did you mean --epochs\?\)$",
+        ),
+        (["--datalists=x.json"], r"^--datalists .*\(did you mean --datalist\?\)$"),
+        (
+            ["--train#trainerx#amp", "false"],
+            r"^--train#trainerx#amp is not an option of these configs: nothing would read it$",
+        ),
+        (["--checkpoint", "x.pt"], "--checkpoint is not an option"),  # evaluation's, not training's
+    ):
+        with pytest.raises(InputError, match=message):
+            refuse_unknown_options(command(*options))
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"config_file": train, "epoch": 1}))
+    with pytest.raises(InputError, match=r"^--epoch is not an option"):
+        refuse_unknown_options([main, "run", "training", "--args_file", str(args_file)])
+    # MONAI Label and Python callers run the configs under their own command lines: not judged
+    assert refuse_unknown_options(["/usr/bin/monailabel", "start_server", "--conf", "models", "x"])

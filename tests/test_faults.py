@@ -133,7 +133,7 @@ def _pair(tmp_path, name: str, shape) -> dict:
 def test_training_refuses_in_one_line_before_any_work(data, tmp_path, case):
     ckpt = ["--ckpt_dir", str(tmp_path / "models")]
     extra, fragments = {
-        "epochs 0": (lambda: ["--epochs", "0"], ["--epochs 0 is out of range; expected a number > 0"]),
+        "epochs 0": (lambda: ["--epochs", "0"], ["--epochs 0 is out of range; expected an integer > 0"]),
         "batch_size 0": (lambda: ["--batch_size", "0"], ["--batch_size 0"]),
         "learning_rate -1": (lambda: ["--learning_rate", "-1"], ["--learning_rate -1"]),
         "thin volume": (
