@@ -38,6 +38,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -805,14 +806,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a batch system's end of job, ``kill``) taken as Ctrl-C: the runs under way are stopped
+    instead of orphaned (Python's default for SIGTERM ends the grid without stopping its bundle processes)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit status (1 with a one-line error on bad input or a failed run)."""
+    """Command line entry point; returns the exit status (1 with a one-line error on bad input or a failed run, 130
+    after Ctrl-C, 143 after SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     args = _parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         if args.command == "run":
             run_grid(
@@ -827,9 +839,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ExperimentError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted: the runs under way have no run.json and will be redone", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, _Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

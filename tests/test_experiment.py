@@ -278,6 +278,50 @@ def test_an_interrupted_grid_stops_the_runs_under_way(tmp_path, monkeypatch):
     assert not any(os.path.exists(tmp_path / "runs" / n / RUN_JSON) for n in ("unet_none", "unet_scse"))
 
 
+def test_a_terminated_grid_stops_the_runs_under_way(tmp_path, monkeypatch):
+    # SIGTERM (timeout, a batch system) ended the grid and orphaned its bundle process, which the next run then
+    # trained beside; it is now handled as Ctrl-C
+    import signal
+    import threading
+
+    from scripts import experiment
+
+    monkeypatch.setattr(
+        experiment.RunSpec, "command", lambda self, run_id: [sys.executable, "-c", "import time; time.sleep(120)"]
+    )
+    started = []
+    original = experiment.subprocess.Popen
+
+    def popen(cmd, *args, **kwargs):
+        process = original(cmd, *args, **kwargs)
+        if cmd[0] == sys.executable:
+            started.append(process)
+        return process
+
+    def terminate_when_running():
+        deadline = time.time() + 30
+        while not started and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(experiment.subprocess, "Popen", popen)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def fallback(signum, frame):  # reached only if the grid does not handle SIGTERM itself (instead of pytest dying)
+        raise RuntimeError("SIGTERM not handled by the grid")
+
+    previous = signal.signal(signal.SIGTERM, fallback)
+    try:
+        threading.Thread(target=terminate_when_running, daemon=True).start()
+        begin = time.time()
+        code = experiment.main(["run", "--out", str(tmp_path / "runs"), "--archs", "unet", "--se", "none", "sse"])
+        assert signal.getsignal(signal.SIGTERM) is fallback  # the grid's handler only while it runs
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 143 and time.time() - begin < 60 and len(started) == 1
+    assert started[0].poll() is not None  # stopped, not orphaned
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
