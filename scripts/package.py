@@ -71,7 +71,18 @@ def check_package(root: str, protocol_path: str, checkpoint_path: str) -> None:
             f"describes {len(described)} ({', '.join(described[:3])}, ...); expected the protocol the metadata "
             "describes"
         )
-    check_checkpoint(checkpoint_path, parser.get_parsed_content("network_def"))
+    network = parser.get_parsed_content("network_def")
+    try:
+        check_checkpoint(checkpoint_path, network)
+    except InputError as e:
+        if "does not fit" not in str(e):
+            raise
+        described = ", ".join(f"{k} {parser[k]}" for k in ("arch", "se", "features", "kernel_size"))
+        raise InputError(
+            f"checkpoint '{checkpoint_path}' is not the network the bundle's configs and metadata describe "
+            f"({described}, {len(names)} classes): package a model trained with those settings (scripts.package "
+            "has no network options; the metadata's figures are that model's)"
+        ) from None
 
 
 def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: str = ROOT) -> str:
