@@ -232,8 +232,9 @@ class LatestCheckpoint:
                 load_dict={k: CPUStateDict(v) for k, v in self.objects.items()},
                 map_location=self.map_location,
             )
+            configured = self._schedule(trainer)
             loader.attach(trainer)
-            trainer.add_event_handler(Events.STARTED, lambda e: logger.info(f"resumed at epoch {e.state.epoch}"))
+            trainer.add_event_handler(Events.STARTED, self._resumed, configured)
         trainer.add_event_handler(Events.EPOCH_STARTED, self._seed_epoch)
         saver = Checkpoint(
             to_save={k: CPUStateDict(v) for k, v in self.objects.items()},
@@ -243,6 +244,28 @@ class LatestCheckpoint:
         trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval) | Events.COMPLETED, saver)
         if self.snapshot_interval > 0 and "model" in self.objects:
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.snapshot_interval), self._snapshot)
+
+    def _schedule(self, trainer: Engine) -> dict[str, float]:
+        """What a resumed training takes from its checkpoint rather than from the options: the iterations per epoch
+        (ignite's state) and the initial learning rate (the optimiser's state)."""
+        schedule = {"iterations per epoch": float(trainer.state.epoch_length or 0)}
+        optimizer = self.objects.get("optimizer")
+        if isinstance(optimizer, torch.optim.Optimizer):
+            group = optimizer.param_groups[0]
+            schedule["learning rate"] = float(group.get("initial_lr", group["lr"]))
+        return schedule
+
+    def _resumed(self, engine: Engine, configured: dict[str, float]) -> None:
+        logger.info(f"resumed at epoch {engine.state.epoch}")
+        loaded = self._schedule(engine)
+        changed = [
+            f"{k} {loaded[k]:g} (the options give {configured[k]:g})" for k in loaded if loaded[k] != configured[k]
+        ]
+        if changed:
+            logger.warning(
+                f"the resumed training continues its checkpoint's schedule: {', '.join(changed)}; --slices_per_volume, "
+                "--batch_size, --iterations_per_epoch and --learning_rate apply to a new training"
+            )
 
     def _snapshot(self, engine: Engine) -> None:
         if _rank() == 0:

@@ -102,6 +102,14 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(data, 
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     state = torch.load(ckpt / LATEST_FILE, weights_only=True)
     assert state["trainer"]["iteration"] == 5 * 30 and set(state) >= {"optimizer", "lr_scheduler", "early_stop"}
+    assert "continues its checkpoint's schedule" not in resumed.stdout + resumed.stderr  # the same options
+    # longer, with other options: the checkpoint's schedule goes on, and the log says so
+    longer = [*args[: args.index("--epochs")], "--epochs", "6", "--slices_per_volume", "20", "--learning_rate", "0.001"]
+    longer += args[args.index("--slices_per_volume") + 2 :]
+    resumed = run(*longer, "--resume", "true", cwd=str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = "continues its checkpoint's schedule: iterations per epoch 30 (the options give 15), learning rate 0.01 "
+    assert said + "(the options give 0.001)" in resumed.stdout + resumed.stderr
 
 
 def _volume(path: str, data: np.ndarray, affine=None) -> str:
