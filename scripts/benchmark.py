@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .allocator import find_tcmalloc, loaded_allocator
-from .errors import InputError, as_bool
+from .errors import InputError, as_bool, check_device
 from .inference import _DTYPES, PRECISIONS, FastInference, native_bf16, resolve_precision
 from .outputs import atomic_write
 
@@ -602,7 +602,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     peer.add_argument("--_memory_of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    _check_arguments(parser, args)
     {"volume": volume, "peers": peers}[args.command](args)
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad arguments in one line before anything is measured (a missing --image failed after the matmul
+    peak, a missing --onnx after every other setting, --repeats 0 and --threads -1 with tracebacks)."""
+    least = {"repeats": 1}
+    if args.command == "peers":
+        least.update(size=16, features=1, kernel_size=1, classes=2, batch=1, threads=0, volume_slices=0)
+        try:
+            check_device(args.device)
+        except InputError as error:
+            parser.error(str(error))
+    else:
+        files = [("--image", args.image), ("--checkpoint", args.checkpoint), ("--onnx", args.onnx)]
+        for option, path in files + [("--config", c) for c in args.config]:
+            if path is not None and not os.path.isfile(path):
+                parser.error(f"{option} '{path}' does not exist")
+    for name, low in least.items():
+        if getattr(args, name) < low:
+            parser.error(f"--{name} {getattr(args, name)} is out of range; expected at least {low}")
 
 
 if __name__ == "__main__":

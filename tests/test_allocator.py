@@ -56,8 +56,10 @@ def test_tcmalloc_preloaded_gives_the_same_output():
 
 
 def test_volume_benchmark_refuses_a_missing_tcmalloc_before_work(tmp_path):
-    cmd = [sys.executable, "-m", "scripts.benchmark", "volume", "--image", str(tmp_path / "none.nii.gz"),
-           "--checkpoint", str(tmp_path / "none.pt"), "--tcmalloc", str(tmp_path / "libtcmalloc.so")]  # fmt: skip
+    for name in ("scan.nii.gz", "model.pt"):  # present: only the allocator is wrong
+        (tmp_path / name).write_bytes(b"")
+    cmd = [sys.executable, "-m", "scripts.benchmark", "volume", "--image", str(tmp_path / "scan.nii.gz"),
+           "--checkpoint", str(tmp_path / "model.pt"), "--tcmalloc", str(tmp_path / "libtcmalloc.so")]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "--tcmalloc" in result.stderr and "not found" in result.stderr and "matmul" not in result.stdout

@@ -241,13 +241,36 @@ def test_volume_benchmark_prints_the_chosen_settings(tiny_onnx_model):
 
 
 def test_volume_benchmark_refuses_an_unknown_setting_before_work(tmp_path, capsys):
-    args = ["volume", "--image", str(tmp_path / "none.nii.gz"), "--checkpoint", str(tmp_path / "none.pt"),
+    for name in ("scan.nii.gz", "model.pt"):  # present: only the setting is wrong
+        (tmp_path / name).write_bytes(b"")
+    args = ["volume", "--image", str(tmp_path / "scan.nii.gz"), "--checkpoint", str(tmp_path / "model.pt"),
             "--only", "default", "--", "--features", "4"]  # fmt: skip
     with pytest.raises(SystemExit) as refused:
         benchmark.main(args)
     assert "matmul" not in capsys.readouterr().out
     assert "--only: unknown setting 'default'" in str(refused.value.code)
     assert "default (fp32 + channels-last + crop)" in str(refused.value.code)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["peers", "--repeats", "0"], "--repeats 0 is out of range; expected at least 1"),
+        (["peers", "--threads", "-1"], "--threads -1 is out of range; expected at least 0"),
+        (["peers", "--device", "gpu"], "--device 'gpu' is not a device; expected cpu, cuda or cuda:N"),
+        (
+            ["volume", "--image", "{tmp}/none.nii.gz", "--checkpoint", "{tmp}/none.pt"],
+            "--image '{tmp}/none.nii.gz' does not exist",
+        ),
+    ],
+)
+def test_benchmark_arguments_are_refused_in_one_line_before_work(tmp_path, capsys, args, message):
+    # a missing --image failed with a traceback after the matmul peak; --repeats 0 and --threads -1 with tracebacks
+    with pytest.raises(SystemExit) as refused:
+        benchmark.main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    captured = capsys.readouterr()
+    assert refused.value.code == 2 and "matmul" not in captured.out
+    assert captured.err.strip().splitlines()[-1].endswith(message.replace("{tmp}", str(tmp_path)))
 
 
 def test_peer_benchmark_prints_ours_beside_monais_networks(tmp_path, capsys):
