@@ -53,6 +53,7 @@ __all__ = [
     "ResumableEarlyStop",
     "check_checkpoint",
     "claim_checkpoint_dir",
+    "keep_earlier_training",
     "load_checkpoint",
     "load_initial_weights",
     "model_weights",
@@ -444,9 +445,8 @@ def claim_checkpoint_dir(
 
     Takes an exclusive lock (a second training into the same folder is refused); removes temporary files a killed
     save left; with ``resume``, checks that ``checkpoint_latest.pt`` exists, reads, fits ``network`` and has epochs
-    left; without it, keeps an earlier training's ``model.pt`` and ``checkpoint_latest.pt`` under
-    ``ckpt_dir/previous/<time>/`` (logged), so that the new training replaces nothing silently. Only rank 0 of a
-    distributed training locks and keeps files.
+    left (an earlier training's files are kept by :func:`keep_earlier_training`, once the inputs are checked). Only
+    rank 0 of a distributed training locks.
 
     Args:
         ckpt_dir: the checkpoint folder.
@@ -479,11 +479,23 @@ def claim_checkpoint_dir(
     os.makedirs(ckpt_dir, exist_ok=True)
     _take_lock(ckpt_dir)
     remove_partial_files(ckpt_dir)
-    if not resume:
-        kept = _keep_previous(ckpt_dir)
-        if kept:
-            logger.warning(
-                f"'{ckpt_dir}' holds an earlier training's files: kept in '{kept}'; this training replaces them "
-                "(continue the earlier one instead with --resume true)"
-            )
+    return ckpt_dir
+
+
+def keep_earlier_training(ckpt_dir: str, resume: bool = False) -> str:
+    """Keep an earlier training's ``model.pt`` and ``checkpoint_latest.pt`` under ``ckpt_dir/previous/<time>/``
+    (logged), so that a new training replaces nothing silently; after every input check, so that a refused training
+    leaves no copy behind. Nothing to keep when resuming; only rank 0 of a distributed training keeps files.
+
+    Returns:
+        ``ckpt_dir``.
+    """
+    if as_bool(resume, "resume") or _rank() != 0:
+        return ckpt_dir
+    kept = _keep_previous(ckpt_dir)
+    if kept:
+        logger.warning(
+            f"'{ckpt_dir}' holds an earlier training's files: kept in '{kept}'; this training replaces them "
+            "(continue the earlier one instead with --resume true)"
+        )
     return ckpt_dir

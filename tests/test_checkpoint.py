@@ -19,6 +19,7 @@ from scripts.checkpoint import (
     atomic_torch_save,
     check_checkpoint,
     claim_checkpoint_dir,
+    keep_earlier_training,
     network_state,
     release_checkpoint_dir,
 )
@@ -149,6 +150,9 @@ def test_a_new_training_keeps_the_earlier_ones_files(tmp_path, caplog):
     (folder / ".partial-abc.pt").write_bytes(b"left by a kill")
     os.utime(folder / ".partial-abc.pt", (0, 0))  # untouched since long ago
     claim_checkpoint_dir(str(folder))
+    assert not (folder / "previous").exists()  # not yet: a training refused for its inputs leaves no copy
+    assert keep_earlier_training(str(folder), resume="true") == str(folder) and not (folder / "previous").exists()
+    keep_earlier_training(str(folder))
     (kept,) = (folder / "previous").iterdir()
     assert torch.equal(torch.load(kept / BEST_FILE, weights_only=True)["w"], torch.ones(1))
     assert (folder / BEST_FILE).is_file()  # still usable until the new training writes its first best
