@@ -334,13 +334,17 @@ def model_weights(state: Mapping) -> Mapping:
     return model if isinstance(model, Mapping) else state
 
 
-def check_checkpoint(path: str, network: nn.Module | None = None) -> str:
+_FIT_HINT = "set --arch, --se, --features and the label protocol as they were in training"
+
+
+def check_checkpoint(path: str, network: nn.Module | None = None, hint: str = _FIT_HINT) -> str:
     """Refuse, in one line and before any volume is read, a checkpoint that is missing, unreadable, or of another
     network (architecture, SE variant, features, number of classes).
 
     Args:
         path: the checkpoint file: a ``model.pt`` or a training checkpoint (:func:`network_state`).
         network: the network it must load into; ``None`` checks only that it reads.
+        hint: what the user can do about another network's checkpoint (the end of the message).
 
     Returns:
         ``path``.
@@ -351,8 +355,7 @@ def check_checkpoint(path: str, network: nn.Module | None = None) -> str:
         mismatch = _describe_mismatch(state, bare.state_dict())
         if mismatch:
             raise InputError(
-                f"checkpoint '{path}' does not fit the configured network ({type(bare).__name__}): {mismatch}; set "
-                "--arch, --se, --features and the label protocol as they were in training"
+                f"checkpoint '{path}' does not fit the configured network ({type(bare).__name__}): {mismatch}; {hint}"
             )
     return path
 
@@ -468,7 +471,7 @@ def claim_checkpoint_dir(
         check_checkpoint(latest, network)
         trainer = load_checkpoint(latest).get("trainer", {})
         # ignite's Engine.state_dict() holds the iterations and the epoch length, not the epoch
-        done = trainer.get("epoch", trainer.get("iteration", 0) // max(int(trainer.get("epoch_length") or 1), 1))
+        done = trainer.get("iteration", 0) // max(int(trainer.get("epoch_length") or 1), 1)
         if max_epochs is not None and done >= max_epochs:
             raise InputError(
                 f"the training in '{ckpt_dir}' already ran {done} of --epochs {max_epochs}; give a larger --epochs "

@@ -71,18 +71,12 @@ def check_package(root: str, protocol_path: str, checkpoint_path: str) -> None:
             f"describes {len(described)} ({', '.join(described[:3])}, ...); expected the protocol the metadata "
             "describes"
         )
-    network = parser.get_parsed_content("network_def")
-    try:
-        check_checkpoint(checkpoint_path, network)
-    except InputError as e:
-        if "does not fit" not in str(e):
-            raise
-        described = ", ".join(f"{k} {parser[k]}" for k in ("arch", "se", "features", "kernel_size"))
-        raise InputError(
-            f"checkpoint '{checkpoint_path}' is not the network the bundle's configs and metadata describe "
-            f"({described}, {len(names)} classes): package a model trained with those settings (scripts.package "
-            "has no network options; the metadata's figures are that model's)"
-        ) from None
+    described = ", ".join(f"{k} {parser[k]}" for k in ("arch", "se", "features", "kernel_size"))
+    hint = (
+        f"the bundle's configs and metadata describe {described}, {len(names)} classes: package a model trained with "
+        "those settings (scripts.package has no network options; the metadata's figures are that model's)"
+    )
+    check_checkpoint(checkpoint_path, parser.get_parsed_content("network_def"), hint=hint)
 
 
 def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: str = ROOT) -> str:
@@ -99,7 +93,7 @@ def write_bundle(out_dir: str, name: str, protocol: str, checkpoint: str, root: 
             (``checkpoint_latest.pt``) only the network's weights are shipped.
         root: the development bundle's root.
     """
-    if not name or name in (".", "..") or os.path.basename(name) != name or os.sep in name:
+    if name in ("", ".", "..") or os.path.basename(name) != name:
         raise InputError(
             f"--name '{name}' must be a plain folder name (no path): the bundle is written to --out/<name>"
         )

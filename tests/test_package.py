@@ -105,7 +105,8 @@ def test_packaging_refuses_weights_or_a_protocol_the_bundle_would_not_fit(tmp_pa
     torch.save(get_network("unet", "scse", 2, 1, 5, features=8).state_dict(), wrong)
     assert package_main(["--out", str(tmp_path / "a"), "--checkpoint", str(wrong)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is not the network the bundle's configs and metadata describe (arch unet" in err[0]
+    assert len(err) == 1 and "does not fit the configured network" in err[0]  # with what differs
+    assert "; the bundle's configs and metadata describe arch unet, se scse, features 32" in err[0]
     assert package_main(["--out", str(tmp_path / "b"), "--protocol", "configs/data/abdomen_ct.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "but configs/metadata.json describes 28" in err[0]
