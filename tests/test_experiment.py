@@ -244,10 +244,11 @@ def test_a_failing_run_stops_the_grid_with_one_line(tmp_path, jobs):
     assert [f"[{i}/3] {name}: training and evaluating" in stdout for i, name in enumerate(started, 1)] == [True] * jobs
 
 
-def test_an_interrupted_grid_stops_the_runs_under_way(tmp_path, monkeypatch):
+@pytest.fixture
+def sleeping_runs(monkeypatch) -> list:
+    """Every bundle command of the grid sleeps for 2 minutes; returns the processes started, as they start."""
     from scripts import experiment
 
-    # every bundle command sleeps; Ctrl-C arrives while the grid waits for its two runs
     monkeypatch.setattr(
         experiment.RunSpec, "command", lambda self, run_id: [sys.executable, "-c", "import time; time.sleep(120)"]
     )
@@ -260,13 +261,22 @@ def test_an_interrupted_grid_stops_the_runs_under_way(tmp_path, monkeypatch):
             started.append(process)
         return process
 
+    monkeypatch.setattr(experiment.subprocess, "Popen", popen)
+    return started
+
+
+def test_an_interrupted_grid_stops_the_runs_under_way(tmp_path, monkeypatch, sleeping_runs):
+    from scripts import experiment
+
+    # Ctrl-C arrives while the grid waits for its two runs
+    started = sleeping_runs
+
     def interrupt(running, return_when):
         deadline = time.time() + 30
         while len(started) < 2 and time.time() < deadline:
             time.sleep(0.05)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment.subprocess, "Popen", popen)
     monkeypatch.setattr(experiment, "wait", interrupt)
     begin = time.time()
     with pytest.raises(KeyboardInterrupt):
@@ -278,7 +288,7 @@ def test_an_interrupted_grid_stops_the_runs_under_way(tmp_path, monkeypatch):
     assert not any(os.path.exists(tmp_path / "runs" / n / RUN_JSON) for n in ("unet_none", "unet_scse"))
 
 
-def test_a_terminated_grid_stops_the_runs_under_way(tmp_path, monkeypatch):
+def test_a_terminated_grid_stops_the_runs_under_way(tmp_path, monkeypatch, sleeping_runs):
     # SIGTERM (timeout, a batch system) ended the grid and orphaned its bundle process, which the next run then
     # trained beside; it is now handled as Ctrl-C
     import signal
@@ -286,17 +296,7 @@ def test_a_terminated_grid_stops_the_runs_under_way(tmp_path, monkeypatch):
 
     from scripts import experiment
 
-    monkeypatch.setattr(
-        experiment.RunSpec, "command", lambda self, run_id: [sys.executable, "-c", "import time; time.sleep(120)"]
-    )
-    started = []
-    original = experiment.subprocess.Popen
-
-    def popen(cmd, *args, **kwargs):
-        process = original(cmd, *args, **kwargs)
-        if cmd[0] == sys.executable:
-            started.append(process)
-        return process
+    started = sleeping_runs
 
     def terminate_when_running():
         deadline = time.time() + 30
@@ -304,7 +304,6 @@ def test_a_terminated_grid_stops_the_runs_under_way(tmp_path, monkeypatch):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(experiment.subprocess, "Popen", popen)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     def fallback(signum, frame):  # reached only if the grid does not handle SIGTERM itself (instead of pytest dying)
