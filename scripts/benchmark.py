@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m scripts.benchmark", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     vol = commands.add_parser("volume", help="whole-volume inference, plain vs fast paths")
-    vol.add_argument("--image", required=True, help="a NIfTI volume")
+    vol.add_argument("--image", required=True, help="a volume (NIfTI, or .mgz / .mgh)")
     vol.add_argument("--checkpoint", required=True, help="model.pt of the network the configs declare")
     vol.add_argument("--config", action="append", default=[], help="configs merged over inference.yaml")
     vol.add_argument("--onnx", help="the network's ONNX export, to time ONNX Runtime too (configs/onnx_export.yaml)")

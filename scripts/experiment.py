@@ -547,16 +547,9 @@ def load_runs(runs_dir: str) -> tuple[dict[tuple[str, str], dict], list[str]]:
     return done, incomplete
 
 
-def _stem(path: str) -> str:
-    name = os.path.basename(path)
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def _figure4_inputs(plain: Mapping, scse: Mapping) -> tuple[dict | None, str]:
     """Image, label and the two predictions for Figure 4 (the test volume scSE improves most), or why there are none."""
+    from scripts.data.datalist import volume_stem
     from scripts.evaluation.stats import DiceTable
 
     a, b = DiceTable.from_dict(plain["test_dice"]), DiceTable.from_dict(scse["test_dice"])
@@ -575,7 +568,7 @@ def _figure4_inputs(plain: Mapping, scse: Mapping) -> tuple[dict | None, str]:
     # the evaluation's saved input and label (save_inputs) win: the image may be synthesised, and the label on disk
     # may hold the source's values (e.g. FreeSurfer's) rather than the protocol's
     saved = {
-        key: os.path.join(plain["folder"], plain["eval_dir"], "inputs", f"{_stem(volume)}_{key}.nii.gz")
+        key: os.path.join(plain["folder"], plain["eval_dir"], "inputs", f"{volume_stem(volume)}_{key}.nii.gz")
         for key in ("image", "label")
     }
     found = {}
@@ -585,7 +578,9 @@ def _figure4_inputs(plain: Mapping, scse: Mapping) -> tuple[dict | None, str]:
             return None, f"the run's test {key} '{item.get(key) or volume}' is not on disk, nor saved as '{saved[key]}'"
     preds = {}
     for key, record in (("plain", plain), ("scse", scse)):
-        preds[key] = os.path.join(record["folder"], record["eval_dir"], "predictions", f"{_stem(volume)}_seg.nii.gz")
+        preds[key] = os.path.join(
+            record["folder"], record["eval_dir"], "predictions", f"{volume_stem(volume)}_seg.nii.gz"
+        )
         if not os.path.isfile(preds[key]):
             return None, f"prediction '{preds[key]}' is missing"
     return {**found, **preds, "volume": volume}, ""

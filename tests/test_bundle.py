@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from scripts.data.datalist import volume_stem
 from scripts.data.synthetic import LABEL_NAMES, generate_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,13 +106,18 @@ def test_inference_writes_one_label_volume_per_input_with_its_affine(tiny, tmp_p
     source = nib.load(glob.glob(os.path.join(folder, "*.nii.gz"))[0])
     single = np.asarray(source.dataobj)[:, :, 16:17]
     nib.save(nib.Nifti1Image(single, source.affine), os.path.join(folder, "single_slice.nii.gz"))
+    # the same scan as FreeSurfer's MGH (T1.mgz): read like the NIfTI, its labels written as NIfTI
+    nib.save(nib.MGHImage(np.asarray(source.dataobj, dtype=np.float32), source.affine), os.path.join(folder, "T1.mgz"))
     out = tmp_path / "seg"
     args = ["--dataset_dir", folder, "--output_dir", str(out), "--checkpoint", tiny["ckpt"], "--features", "4"]
     bundle("run", "inference", "--config_file", INFERENCE, *args, cwd=str(tmp_path))
     inputs = sorted(glob.glob(os.path.join(folder, "*.nii.gz")))
-    outputs = sorted(glob.glob(str(out / "*_seg.nii.gz")))
+    outputs = sorted(set(glob.glob(str(out / "*_seg.nii.gz"))) - {str(out / "T1_seg.nii.gz")})
     assert len(outputs) == len(inputs) == 7
     assert nib.load(out / "single_slice_seg.nii.gz").shape == (32, 32, 1)
+    from_mgh, from_nifti = (nib.load(out / f"{n}_seg.nii.gz") for n in ("T1", volume_stem(source.get_filename())))
+    assert np.array_equal(np.asarray(from_mgh.dataobj), np.asarray(from_nifti.dataobj))
+    assert np.allclose(from_mgh.affine, source.affine, atol=1e-5)
     for src, seg in zip(inputs, outputs):
         a, b = nib.load(src), nib.load(seg)
         assert b.shape == a.shape and np.allclose(b.affine, a.affine)

@@ -64,7 +64,9 @@ def test_missing_explicit_datalist(tmp_path):
 
 
 def test_empty_folder_and_unrelated_files(tmp_path):
-    expected = r"holds no NIfTI volumes \(expected datalist.json, or imagesTr/ and labelsTr/\)"
+    expected = (
+        r"holds no volumes \(\*.nii, \*.nii.gz, \*.mgz, \*.mgh; expected datalist.json, or imagesTr/ and labelsTr/\)"
+    )
     _raises(f"dataset_dir '{tmp_path}' {expected}", resolve_datalist, str(tmp_path))
     (tmp_path / "notes.txt").write_text("not a volume")
     (tmp_path / "scan.dcm").write_bytes(b"\0" * 10)
@@ -74,7 +76,7 @@ def test_empty_folder_and_unrelated_files(tmp_path):
 
 def test_loose_volumes_without_labels(tmp_path):
     _save(tmp_path / "a.nii.gz", np.zeros(SHAPE, dtype=np.float32))
-    _raises("holds 1 NIfTI volumes but no labels", resolve_datalist, str(tmp_path))
+    _raises("holds 1 volumes but no labels", resolve_datalist, str(tmp_path))
     assert list_volumes(str(tmp_path)) == [{"image": str(tmp_path / "a.nii.gz")}]
 
 
@@ -227,23 +229,70 @@ def test_list_volumes(tmp_path):
     _raises("no 'test' or 'inference' volumes", list_volumes, str(datalist))
     _raises("does not exist", list_volumes, str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    _raises("holds no NIfTI volumes", list_volumes, str(tmp_path / "empty"))
+    _raises("holds no volumes", list_volumes, str(tmp_path / "empty"))
 
 
 def test_list_volumes_names_the_volumes_of_other_formats(tmp_path, caplog):
-    # FreeSurfer's T1.mgz beside NIfTI scans was skipped without a word
-    for name in ("T1.mgz", "scan.nii.gz", "notes.txt"):
+    # a scan.nrrd beside NIfTI scans was skipped without a word
+    for name in ("scan.nrrd", "scan.nii.gz", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     with caplog.at_level("WARNING"):
         assert [v["image"] for v in list_volumes(str(tmp_path))] == [str(tmp_path / "scan.nii.gz")]
-    assert "not segmented, as not NIfTI: T1.mgz; convert them to NIfTI first (FreeSurfer: mri_convert" in caplog.text
+    assert "not segmented, as neither NIfTI nor MGH: scan.nrrd; convert them to NIfTI first" in caplog.text
     os.remove(tmp_path / "scan.nii.gz")
     _raises(
-        r"holds no NIfTI volumes \(\*.nii, \*.nii.gz\), only other formats \(T1.mgz\); convert them to NIfTI",
+        r"holds no volumes \(\*.nii, \*.nii.gz, \*.mgz, \*.mgh\), only other formats \(scan.nrrd\); convert them",
         list_volumes,
         str(tmp_path),
     )
-    _raises(r"T1.mgz' is not a NIfTI volume .*; convert it to NIfTI first", list_volumes, str(tmp_path / "T1.mgz"))
+    _raises(
+        r"scan.nrrd' is not a volume the bundle reads .*; convert it to NIfTI",
+        list_volumes,
+        str(tmp_path / "scan.nrrd"),
+    )
+
+
+def test_freesurfer_volumes_are_read_like_nifti(tmp_path):
+    # FreeSurfer's .mgz / .mgh (T1.mgz, aseg.mgz) were refused with a conversion hint; nibabel reads them
+    volume = (np.indices(SHAPE).sum(0) % 3).astype(np.uint8)
+    affine = np.array([[-1.0, 0, 0, 5], [0, 0, 1, -3], [0, -1, 0, 2], [0, 0, 0, 1]])  # FreeSurfer's LIA
+    for name in ("T1.mgz", "b.mgh", ".hidden.mgz"):
+        nib.save(nib.MGHImage(volume.astype(np.float32), affine), str(tmp_path / name))
+    _save(tmp_path / "c.nii.gz", volume.astype(np.float32))
+    assert [os.path.basename(v["image"]) for v in list_volumes(str(tmp_path))] == ["T1.mgz", "b.mgh", "c.nii.gz"]
+    assert list_volumes(str(tmp_path / "T1.mgz")) == [{"image": str(tmp_path / "T1.mgz")}]
+    items = [{"image": str(tmp_path / "T1.mgz"), "label": str(tmp_path / "b.mgh")}]
+    assert check_volumes(items, allowed_labels=[0, 1, 2]) is items
+    # a Decathlon layout and a folder of label maps of FreeSurfer volumes
+    for folder in ("imagesTr", "labelsTr"):
+        os.makedirs(tmp_path / "data" / folder)
+    for i in range(4):
+        nib.save(nib.MGHImage(volume.astype(np.float32), affine), str(tmp_path / "data" / "imagesTr" / f"s{i}.mgz"))
+        nib.save(nib.MGHImage(volume.astype(np.int32), affine), str(tmp_path / "data" / "labelsTr" / f"s{i}.mgz"))
+    training = load_split(resolve_datalist(str(tmp_path / "data")), "training")
+    assert [os.path.basename(item["label"]) for item in training] == ["s0.mgz", "s1.mgz"]
+    assert check_volumes(training, allowed_labels=[0, 1, 2]) is training
+    path = resolve_datalist(str(tmp_path / "data" / "labelsTr"), label_maps=True, cache_dir=str(tmp_path))
+    assert os.path.basename(load_split(path, "test")[0]["label"]) == "s3.mgz"
+    # MONAI's loader as the configs declare it reads them with their affine
+    loader = ConfigParser({"t": {"_target_": "LoadImage", "image_only": True, "reader": "NibabelReader"}})
+    image = loader.get_parsed_content("t")(str(tmp_path / "T1.mgz"))
+    assert np.array_equal(image.numpy(), volume) and np.allclose(image.affine.numpy(), affine)
+    # a damaged .mgz is refused like a damaged .nii.gz (its gzip CRC is checked)
+    raw = bytearray(open(tmp_path / "T1.mgz", "rb").read())
+    raw[len(raw) // 2 : len(raw) // 2 + 16] = bytes(16)
+    (tmp_path / "T1.mgz").write_bytes(raw)
+    _raises(f"^cannot read '{tmp_path / 'T1.mgz'}': ", check_volumes, items)
+
+
+def test_the_configs_read_volumes_with_nibabel():
+    # MONAI picks a reader by suffix when none is named, and none claims .mgz
+    configs = [("train.yaml", "load_transforms"), ("inference.yaml", "load_transforms")]
+    configs += [("data/brain27.yaml", "read_transforms"), ("data/abdomen_ct.yaml", "load_transforms")]
+    for name, key in configs:
+        with open(os.path.join(os.path.dirname(__file__), "..", "configs", name)) as f:
+            load = ConfigParser.load_config_file(f.name)[key][0]
+        assert load["_target_"] == "LoadImaged" and load["reader"] == "NibabelReader", name
 
 
 def test_list_volumes_refuses_what_would_overwrite_or_is_no_image(tmp_path):
@@ -289,8 +338,8 @@ def test_check_truncated(tmp_path, suffix):
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(size // 2)
-    message = _raises(f"^cannot read NIfTI '{path}': ", check_volumes, [{"image": path}])
-    assert len(message) > len(f"cannot read NIfTI '{path}': ")
+    message = _raises(f"^cannot read '{path}': ", check_volumes, [{"image": path}])
+    assert len(message) > len(f"cannot read '{path}': ")
 
 
 def test_check_corrupted_gzip(tmp_path):
@@ -299,13 +348,13 @@ def test_check_corrupted_gzip(tmp_path):
     raw = bytearray(open(path, "rb").read())
     raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
     open(path, "wb").write(raw)
-    _raises(f"^cannot read NIfTI '{path}': CRC check failed$", check_volumes, [{"image": path}])
+    _raises(f"^cannot read '{path}': CRC check failed$", check_volumes, [{"image": path}])
 
 
 def test_check_not_nifti(tmp_path):
     path = tmp_path / "fake.nii.gz"
     path.write_text("this is not a volume")
-    _raises(f"cannot read NIfTI '{path}'", check_volumes, [{"image": str(path)}])
+    _raises(f"cannot read '{path}'", check_volumes, [{"image": str(path)}])
 
 
 def test_check_shape_mismatch(tmp_path):
@@ -382,7 +431,7 @@ def test_label_map_folder_split_and_errors(tmp_path):
     assert check_volumes(splits["training"], allowed_labels=[0, 1, 2]) == splits["training"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    _raises("label map folder '.*' holds no NIfTI label maps", resolve_datalist, str(empty), label_maps=True)
+    _raises("label map folder '.*' holds no label maps", resolve_datalist, str(empty), label_maps=True)
     _raises("has 7 labelled volumes; expected enough", resolve_datalist, str(maps), label_maps=True, num_test=7)
 
 

@@ -219,7 +219,7 @@ def test_brain27_refuses_unknown_values_and_empty_folders(tmp_path):
     empty.mkdir()
     result = bundle("run", "training", "--config_file", config, "--dataset_dir", str(empty), *io, cwd=str(tmp_path),
                     check=False)  # fmt: skip
-    assert result.returncode != 0 and f"label map folder '{empty}' holds no NIfTI label maps" in result.stderr
+    assert result.returncode != 0 and f"label map folder '{empty}' holds no label maps" in result.stderr
 
 
 @pytest.mark.skipif(not os.path.isdir(BRAIN_DIR), reason="shared brain label maps not present")

@@ -55,6 +55,19 @@ def test_freesurfer_references_are_mapped_to_the_protocol(tmp_path, capsys, capl
                      str(tmp_path / "dice")]) == 0  # fmt: skip
     assert "1 of the 2 references in" in caplog.text and "have no segmentation" in caplog.text
     assert caplog.text.rstrip().endswith("are not scored: sub0")
+    # FreeSurfer's own aseg.mgz as the reference (LIA, int32), the segmentation written as NIfTI on its grid
+    os.remove(labels / "sub0.nii.gz")
+    lia = np.array([[-1.0, 0, 0, 6], [0, 0, 1, -6], [0, -1, 0, 6], [0, 0, 0, 1]])
+    nib.save(nib.MGHImage(aseg.astype(np.int32), lia), str(labels / "sub2.mgz"))
+    _save(preds / "sub2_seg.nii.gz", protocol_labels, lia)
+    assert main(["--predictions", str(preds), "--labels", str(labels), "--config_file", BRAIN, "--out",
+                 str(tmp_path / "dice")]) == 0  # fmt: skip
+    assert "sub2: mean Dice 1.000 over 2 structures" in capsys.readouterr().out
+    # two references of one name: which one would be scored is refused, not guessed
+    _save(labels / "sub2.nii.gz", aseg)
+    assert main(["--predictions", str(preds), "--labels", str(labels), "--out", str(tmp_path / "dice")]) == 2
+    err = capsys.readouterr().err
+    assert "sub2.mgz' and '" in err and "sub2.nii.gz' would both give the reference of 'sub2'" in err
 
 
 def test_mismatched_grids_and_missing_references_are_refused_in_one_line(tmp_path):

@@ -32,12 +32,24 @@ from ..errors import InputError
 from ..outputs import atomic_write
 from .synthetic import ensure_default_dataset
 
-__all__ = ["UsableVolumes", "check_volumes", "list_volumes", "load_split", "resolve_datalist"]
+__all__ = [
+    "VOLUME_SUFFIXES",
+    "UsableVolumes",
+    "check_volumes",
+    "is_volume",
+    "list_volumes",
+    "load_split",
+    "resolve_datalist",
+    "volume_stem",
+]
 
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
-# volumes of other formats that users keep beside their NIfTI files: named, with how to convert them, not ignored
-_OTHER_VOLUME_SUFFIXES: tuple[str, ...] = (".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".hdr")
-_CONVERT_HINT = "convert them to NIfTI first (FreeSurfer: mri_convert T1.mgz T1.nii.gz; others: SimpleITK, nibabel)"
+# the volume files the bundle reads (NIfTI, and FreeSurfer's MGH: nibabel reads both, through MONAI's NibabelReader,
+# which the configs' LoadImaged name since MONAI picks readers by suffix and none claims .mgz)
+VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh")
+VOLUME_GLOBS = "*.nii, *.nii.gz, *.mgz, *.mgh"
+# volumes of other formats that users keep beside their scans: named, with how to convert them, not ignored
+_OTHER_VOLUME_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".hdr")
+_CONVERT_HINT = "convert them to NIfTI first (SimpleITK, nibabel, dcm2niix for DICOM)"
 # Marks datalists this module wrote, so they are rebuilt when the folder changes instead of being trusted as the
 # user's own.
 _GENERATED_BY = "scripts.data.datalist"
@@ -46,24 +58,24 @@ logger = logging.getLogger(__name__)
 _READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ImageFileError, ValueError, struct.error)
 
 
-def _is_nifti(name: str) -> bool:
-    """Whether a file name is a NIfTI volume (hidden files, such as macOS ``._x.nii.gz`` forks, are not)."""
-    return not name.startswith(".") and name.endswith(NIFTI_SUFFIXES)
+def is_volume(name: str) -> bool:
+    """Whether a file name is a volume the bundle reads (NIfTI or MGH; hidden files, such as macOS ``._x.nii.gz``
+    forks, are not)."""
+    return not name.startswith(".") and name.endswith(VOLUME_SUFFIXES)
 
 
-def _stem(name: str) -> str:
-    """File name without its NIfTI suffix."""
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def volume_stem(name: str) -> str:
+    """A file name (or path) without its folder and volume suffix (``T1.mgz`` -> ``T1``; other names unchanged).
+    Outputs and pairings use it: ``<stem>_seg.nii.gz``, a reference ``<stem>.nii.gz`` or ``<stem>.mgz``."""
+    name = os.path.basename(name)
+    return next((name[: -len(s)] for s in VOLUME_SUFFIXES if name.endswith(s)), name)
 
 
-def _nifti_files(folder: str) -> list[str]:
-    """Sorted NIfTI file names directly in ``folder`` (none if it is not a folder)."""
+def _volume_files(folder: str) -> list[str]:
+    """Sorted volume file names directly in ``folder`` (none if it is not a folder)."""
     if not os.path.isdir(folder):
         return []
-    return sorted(n for n in os.listdir(folder) if _is_nifti(n) and os.path.isfile(os.path.join(folder, n)))
+    return sorted(n for n in os.listdir(folder) if is_volume(n) and os.path.isfile(os.path.join(folder, n)))
 
 
 def _one_line(error: BaseException) -> str:
@@ -116,7 +128,7 @@ def _label_map_split(
     """Deterministic split of a folder of label maps (no images: they are synthesised), sorted by name.
 
     Args:
-        dataset_dir: folder of NIfTI label maps.
+        dataset_dir: folder of label maps (NIfTI or MGH, e.g. FreeSurfer's aseg.mgz).
         relative_to: folder the paths are written relative to; ``None`` writes absolute paths.
         num_validation: validation maps (taken before the test maps); ``None``: 10% (at least 1).
         num_test: test maps (the last by name); ``None``: 20% (at least 1).
@@ -124,9 +136,9 @@ def _label_map_split(
     Returns:
         the datalist as a dict, items ``{"label": path}``.
     """
-    names = _nifti_files(dataset_dir)
+    names = _volume_files(dataset_dir)
     if not names:
-        raise InputError(f"label map folder '{dataset_dir}' holds no NIfTI label maps (*.nii, *.nii.gz)")
+        raise InputError(f"label map folder '{dataset_dir}' holds no label maps ({VOLUME_GLOBS})")
     num_training, num_validation, num_test = _split_counts(len(names), dataset_dir, num_validation, num_test)
     items = [
         {"label": os.path.relpath(full, relative_to) if relative_to else os.path.abspath(full)}
@@ -161,13 +173,14 @@ def _decathlon_split(
     images_dir, labels_dir = os.path.join(dataset_dir, "imagesTr"), os.path.join(dataset_dir, "labelsTr")
     # nnU-Net names images case_0000.nii.gz (channel 0) and labels case.nii.gz; accept both conventions.
     images = {}
-    for name in _nifti_files(images_dir):
-        stem = _stem(name)
+    for name in _volume_files(images_dir):
+        stem = volume_stem(name)
         images[stem[:-5] if stem.endswith("_0000") else stem] = name
-    labels = {_stem(name): name for name in _nifti_files(labels_dir)}
+    labels = {volume_stem(name): name for name in _volume_files(labels_dir)}
     if not images and not labels:
         raise InputError(
-            f"dataset_dir '{dataset_dir}' holds no NIfTI volumes (expected datalist.json, or imagesTr/ and labelsTr/)"
+            f"dataset_dir '{dataset_dir}' holds no volumes ({VOLUME_GLOBS}; expected datalist.json, or imagesTr/ and "
+            "labelsTr/)"
         )
     unlabelled, orphans = sorted(set(images) - set(labels)), sorted(set(labels) - set(images))
     if unlabelled or orphans:
@@ -192,7 +205,7 @@ def _decathlon_split(
         "validation": items[num_training : num_training + num_validation],
         "test": items[num_training + num_validation :],
     }
-    inference = _nifti_files(os.path.join(dataset_dir, "imagesTs"))
+    inference = _volume_files(os.path.join(dataset_dir, "imagesTs"))
     if inference:
         datalist["inference"] = [{"image": path("imagesTs", n)} for n in inference]
     return datalist
@@ -255,14 +268,15 @@ def resolve_datalist(
         os.path.join(dataset_dir, "labelsTr")
     )
     if not has_layout and not label_maps:
-        loose = _nifti_files(dataset_dir)
+        loose = _volume_files(dataset_dir)
         if loose:
             raise InputError(
-                f"dataset_dir '{dataset_dir}' holds {len(loose)} NIfTI volumes but no labels (expected datalist.json, "
+                f"dataset_dir '{dataset_dir}' holds {len(loose)} volumes but no labels (expected datalist.json, "
                 "or imagesTr/ and labelsTr/)"
             )
         raise InputError(
-            f"dataset_dir '{dataset_dir}' holds no NIfTI volumes (expected datalist.json, or imagesTr/ and labelsTr/)"
+            f"dataset_dir '{dataset_dir}' holds no volumes ({VOLUME_GLOBS}; expected datalist.json, or imagesTr/ and "
+            "labelsTr/)"
         )
 
     if cache_dir:
@@ -344,7 +358,7 @@ def refuse_name_clashes(items: Sequence[dict], key: str = "image", what: str = "
         path = item.get(key) if isinstance(item, dict) else None
         if not isinstance(path, (str, os.PathLike)):
             continue
-        name = _stem(os.path.basename(str(path)))
+        name = volume_stem(str(path))
         if name in seen:
             raise InputError(
                 f"'{seen[name]}' and '{path}' would both give the {what} of '{name}'; expected volumes of distinct "
@@ -358,7 +372,7 @@ def list_volumes(folder_or_datalist: str, output_dir: str | None = None) -> list
 
     Args:
         folder_or_datalist: a folder (every ``*.nii`` / ``*.nii.gz`` in it, sorted), a datalist JSON (its ``"test"``
-            images, else its ``"inference"`` images) or a single NIfTI file.
+            images, else its ``"inference"`` images) or a single volume file (NIfTI or MGH).
         output_dir: where the labels go; refused when it is the input folder (the next run would segment them).
 
     Returns:
@@ -380,20 +394,20 @@ def list_volumes(folder_or_datalist: str, output_dir: str | None = None) -> list
 
 
 def _other_volumes(names: Sequence[str]) -> list[str]:
-    """The names among ``names`` of volume files in formats other than NIfTI (``.mgz``, ``.nrrd``, DICOM, ...)."""
+    """The names among ``names`` of volume files in formats the bundle does not read (``.nrrd``, DICOM, ...)."""
     return sorted(n for n in names if not n.startswith(".") and n.lower().endswith(_OTHER_VOLUME_SUFFIXES))
 
 
 def _list_volumes(path: str) -> list[dict]:
     if os.path.isdir(path):
-        items = [{"image": os.path.abspath(os.path.join(path, n))} for n in _nifti_files(path)]
+        items = [{"image": os.path.abspath(os.path.join(path, n))} for n in _volume_files(path)]
         others = _other_volumes(os.listdir(path))
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         if not items:
             hint = f", only other formats ({shown}); {_CONVERT_HINT}" if others else ""
-            raise InputError(f"folder '{path}' holds no NIfTI volumes (*.nii, *.nii.gz){hint}")
+            raise InputError(f"folder '{path}' holds no volumes ({VOLUME_GLOBS}){hint}")
         if others:
-            logger.warning(f"folder '{path}': not segmented, as not NIfTI: {shown}; {_CONVERT_HINT}")
+            logger.warning(f"folder '{path}': not segmented, as neither NIfTI nor MGH: {shown}; {_CONVERT_HINT}")
         return items
     if os.path.isfile(path) and path.endswith(".json"):
         data = _read_json(path)
@@ -408,25 +422,30 @@ def _list_volumes(path: str) -> list[dict]:
                     "(a label-map datalist is for training and evaluation)"
                 )
         return [{"image": item["image"]} for item in items]
-    if os.path.isfile(path) and _is_nifti(os.path.basename(path)):
+    if os.path.isfile(path) and is_volume(os.path.basename(path)):
         return [{"image": os.path.abspath(path)}]
     if not os.path.exists(path):
-        raise InputError(f"'{path}' does not exist; expected a folder of NIfTI volumes or a datalist JSON")
+        raise InputError(f"'{path}' does not exist; expected a folder of volumes ({VOLUME_GLOBS}) or a datalist JSON")
     if _other_volumes([os.path.basename(path)]):
-        raise InputError(f"'{path}' is not a NIfTI volume (*.nii, *.nii.gz); {_CONVERT_HINT.replace('them', 'it')}")
-    raise InputError(f"'{path}' is neither a folder, a datalist JSON nor a NIfTI volume")
+        raise InputError(
+            f"'{path}' is not a volume the bundle reads ({VOLUME_GLOBS}); {_CONVERT_HINT.replace('them', 'it')}"
+        )
+    raise InputError(f"'{path}' is neither a folder, a datalist JSON nor a volume ({VOLUME_GLOBS})")
 
 
 def _load(path: str) -> nib.spatialimages.SpatialImage:
-    """Load an image; a ``.nii.gz`` is decompressed whole, so that a damaged stream fails its CRC check.
+    """Load an image; a ``.nii.gz`` or ``.mgz`` (gzip-compressed MGH) is decompressed whole, so that a damaged stream
+    fails its CRC check.
 
     nibabel reads only the bytes the header announces and never reaches the gzip trailer, so corrupted data would
     otherwise pass as valid intensities.
     """
-    if not path.endswith(".nii.gz"):
+    if not path.endswith((".nii.gz", ".mgz")):
         return nib.load(path)
     with open(path, "rb") as f:
         raw = gzip.decompress(f.read())
+    if path.endswith(".mgz"):
+        return nib.MGHImage.from_bytes(raw)
     nifti2 = len(raw) >= 4 and 540 in (struct.unpack("<i", raw[:4])[0], struct.unpack(">i", raw[:4])[0])  # sizeof_hdr
     return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
 
@@ -442,14 +461,14 @@ def _read_volume(path: object, role: str) -> tuple[np.ndarray, np.ndarray]:
         the 3D data array and the 4x4 affine.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise InputError(f"{role} {path!r} is not a file path; expected one NIfTI file per item")
+        raise InputError(f"{role} {path!r} is not a file path; expected one volume file per item")
     if not os.path.isfile(path):
         raise InputError(f"{role} '{path}' does not exist")
     try:
         volume = _load(str(path))
         data = np.asanyarray(volume.dataobj)
     except _READ_ERRORS as e:
-        raise InputError(f"cannot read NIfTI '{path}': {_one_line(e)}") from e
+        raise InputError(f"cannot read '{path}': {_one_line(e)}") from e
     if data.ndim == 4 and data.shape[-1] == 1:  # what MONAI's loader also takes as 3D
         data = data[..., 0]
     if data.ndim != 3:

@@ -4,7 +4,8 @@ grid (the voxels a user's scan has, not the network's resampled grid).
     python -m scripts.evaluation.segmentations --predictions outputs/inference --labels /data/aseg \\
         --config_file "['configs/train.yaml','configs/data/brain27.yaml']" --out outputs/real_dice
 
-Every ``<name>_seg.nii.gz`` (or ``.nii``) of ``--predictions`` is paired with ``<name>.nii.gz`` of ``--labels``; the
+Every ``<name>_seg.nii.gz`` (or ``.nii``) of ``--predictions`` is paired with ``<name>.nii.gz`` (``.nii``, or
+FreeSurfer's ``.mgz`` / ``.mgh``) of ``--labels``; the
 reference is mapped to the protocol's classes by the protocol's own ``remap_transforms`` (FreeSurfer values to the 27
 structures, for brain27), and both must share shape and affine. Dice per structure is MONAI's ``compute_dice``
 (a structure absent from the reference is NaN and left out of means); the reports are those of evaluation
@@ -31,7 +32,7 @@ from monai.bundle import ConfigParser
 from monai.metrics import compute_dice
 from monai.transforms import Compose
 
-from ..data.datalist import check_volumes
+from ..data.datalist import VOLUME_SUFFIXES, check_volumes, is_volume, refuse_name_clashes, volume_stem
 from ..errors import InputError
 from .crop import crop_to_joint_foreground
 from .report import write_dice_report
@@ -40,18 +41,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["dice_per_structure", "main", "pair_files", "protocol", "round_trip"]
 
-SUFFIXES = (".nii.gz", ".nii")
-
-
-def _stem(name: str) -> str | None:
-    for suffix in SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
 
 def pair_files(predictions: str, labels: str, suffix: str = "_seg") -> list[tuple[str, str, str]]:
-    """``(name, prediction, label)`` for every prediction ``<name><suffix>.nii[.gz]`` with a label ``<name>.nii[.gz]``.
+    """``(name, prediction, label)`` for every prediction ``<name><suffix>.nii[.gz]`` with a label ``<name>.nii[.gz]``
+    (or ``<name>.mgz``: any of ``VOLUME_SUFFIXES``).
     References without a prediction are named in a warning (a scan that inference skipped is not scored).
 
     Raises:
@@ -60,11 +53,13 @@ def pair_files(predictions: str, labels: str, suffix: str = "_seg") -> list[tupl
     for folder, what in ((predictions, "--predictions"), (labels, "--labels")):
         if not os.path.isdir(folder):
             raise InputError(f"{what} '{folder}' is not a folder")
-    label_files = {_stem(n): os.path.join(labels, n) for n in sorted(os.listdir(labels)) if _stem(n)}
+    references = [{"label": os.path.join(labels, n)} for n in sorted(os.listdir(labels)) if is_volume(n)]
+    refuse_name_clashes(references, key="label", what="reference")  # T1.nii.gz beside T1.mgz: which one is it?
+    label_files = {volume_stem(item["label"]): item["label"] for item in references}
     pairs, unmatched = [], []
     for name in sorted(os.listdir(predictions)):
-        stem = _stem(name)
-        if stem is None or not stem.endswith(suffix):
+        stem = volume_stem(name)
+        if not is_volume(name) or not stem.endswith(suffix):
             continue
         base = stem[: len(stem) - len(suffix)] if suffix else stem
         if base in label_files:
@@ -72,7 +67,8 @@ def pair_files(predictions: str, labels: str, suffix: str = "_seg") -> list[tupl
         else:
             unmatched.append(name)
     if unmatched:
-        raise InputError(f"no reference label in '{labels}' for {', '.join(unmatched)} (expected <name>.nii.gz)")
+        expected = " or ".join(f"<name>{s}" for s in VOLUME_SUFFIXES)
+        raise InputError(f"no reference label in '{labels}' for {', '.join(unmatched)} (expected {expected})")
     if not pairs:
         raise InputError(f"no segmentation '<name>{suffix}.nii.gz' in '{predictions}'")
     unscored = sorted(set(label_files) - {name for name, _, _ in pairs})
@@ -136,11 +132,11 @@ def round_trip(labels: np.ndarray, voxel_mm: Sequence[float], target_mm: float, 
     return out.numpy()
 
 
-def _load(path: str) -> nib.Nifti1Image:
+def _load(path: str) -> nib.spatialimages.SpatialImage:
     try:
         return nib.load(path)
     except Exception as e:  # nibabel raises several types for unreadable files
-        raise InputError(f"'{path}' cannot be read as NIfTI: {str(e).splitlines()[0][:200]}") from e
+        raise InputError(f"'{path}' cannot be read as a volume: {str(e).splitlines()[0][:200]}") from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument(
         "--round_trip_mm", type=float, help="score the references carried to voxels of this size (mm) and back"
     )
-    parser.add_argument("--labels", required=True, help="folder of reference <name>.nii.gz label volumes")
+    parser.add_argument("--labels", required=True, help="folder of reference <name>.nii.gz (or .mgz) label volumes")
     parser.add_argument(
         "--config_file",
         default="['configs/train.yaml','configs/data/brain27.yaml']",
@@ -170,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not os.path.isdir(args.labels):
                 raise InputError(f"--labels '{args.labels}' is not a folder")
             pairs = [
-                (_stem(n), None, os.path.join(args.labels, n)) for n in sorted(os.listdir(args.labels)) if _stem(n)
+                (volume_stem(n), None, os.path.join(args.labels, n))
+                for n in sorted(os.listdir(args.labels))
+                if is_volume(n)
             ]
         else:
             pairs = pair_files(args.predictions, args.labels, args.suffix)
