@@ -134,6 +134,22 @@ def test_brain27_maps_freesurfer_labels_and_parcels():
     assert len(names) == 28 and len(parser["freesurfer_labels"]) == 27
 
 
+def test_brain27_writes_freesurfer_values_with_output_label_values_freesurfer():
+    # FreeSurferColorLUT names and colours aseg values, not the protocol's indices: each class goes back to its value
+    parser = parse(INFERENCE, BRAIN, output_label_values="freesurfer")
+    (write,) = parser.get_parsed_content("output_label_transforms")
+    indices = torch.arange(28, dtype=torch.uint8).view(1, 1, 1, -1)
+    values = write({"pred": indices})["pred"]
+    assert values.flatten().int().tolist() == [0, *parser["freesurfer_labels"]]
+    assert values.flatten()[[1, 2, 16, 17]].int().tolist() == [2, 3, 41, 42]  # white matter and cortex, left and right
+    remap = parse(TRAIN, BRAIN).get_parsed_content("remap_transforms")[0]  # what the scorer's --prediction_values
+    assert torch.equal(remap({"label": values})["label"].int(), indices.int())  # source applies: the indices again
+    assert parse(INFERENCE, BRAIN).get_parsed_content("output_label_transforms") == []  # the default: indices
+    with pytest.raises(RuntimeError) as info:  # MONAI's parser wraps the check's one-line error
+        parse(INFERENCE, BRAIN, output_label_values="aseg").get_parsed_content("output_label_transforms")
+    assert str(info.value.__cause__) == "--output_label_values 'aseg' is not one of indices, freesurfer"
+
+
 def test_brain27_reads_label_indices_with_label_values_indices():
     """As MONAI Label saves labels (and the packaged bundle's train.json reads them): no remapping, values 0-27."""
     parser = parse(TRAIN, BRAIN)
@@ -287,11 +303,15 @@ def test_the_shipped_brain_model_segments_a_scan_in_any_orientation(tmp_path, vi
     _volume(str(scans / "head.nii.gz"), image.astype(np.float32), affine)
     config = f"['{INFERENCE}','{BRAIN}']"
     extra = ["--views", f"{{0: '{SHIPPED_SAGITTAL}', 2: '{SHIPPED_AXIAL}'}}"] if views else []
+    # one view writes FreeSurfer's aseg values (--output_label_values freesurfer), the other the class indices
+    extra = extra or ["--output_label_values", "freesurfer"]
     bundle("run", "inference", "--config_file", config, "--dataset_dir", str(scans), "--output_dir",
            str(tmp_path / "out"), *extra, cwd=str(tmp_path))  # fmt: skip
     seg = nib.load(str(tmp_path / "out" / "head_seg.nii.gz"))
     assert seg.shape == image.shape and np.allclose(seg.affine, affine)
-    assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(28))
+    values = set(np.unique(np.asarray(seg.dataobj)).tolist())
+    assert values <= (set(range(28)) if views else {0, *parse(TRAIN, BRAIN)["freesurfer_labels"]})
+    assert views or values & {41, 42, 60}  # aseg values beyond the indices were written
 
 
 @pytest.mark.skipif(not os.path.isdir(REAL_T1), reason="shared real T1 scans not present")

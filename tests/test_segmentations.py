@@ -58,11 +58,21 @@ def test_freesurfer_references_are_mapped_to_the_protocol(tmp_path, capsys, capl
     # FreeSurfer's own aseg.mgz as the reference (LIA, int32), the segmentation written as NIfTI on its grid
     os.remove(labels / "sub0.nii.gz")
     lia = np.array([[-1.0, 0, 0, 6], [0, 0, 1, -6], [0, -1, 0, 6], [0, 0, 0, 1]])
+    aseg[10:12, 2:10, 2:10] = 41  # right cerebral white matter -> class 16
+    protocol_labels[10:12, 2:10, 2:10] = 16
     nib.save(nib.MGHImage(aseg.astype(np.int32), lia), str(labels / "sub2.mgz"))
     _save(preds / "sub2_seg.nii.gz", protocol_labels, lia)
-    assert main(["--predictions", str(preds), "--labels", str(labels), "--config_file", BRAIN, "--out",
-                 str(tmp_path / "dice")]) == 0  # fmt: skip
-    assert "sub2: mean Dice 1.000 over 2 structures" in capsys.readouterr().out
+    args = ["--predictions", str(preds), "--labels", str(labels), "--config_file", BRAIN, "--out", str(tmp_path / "d")]
+    assert main(args) == 0
+    assert "sub2: mean Dice 1.000 over 3 structures" in capsys.readouterr().out
+    # a segmentation in aseg values (inference's --output_label_values freesurfer) is refused as class indices and
+    # scored with --prediction_values source, mapped like the references
+    fs_values = np.where(aseg == 1003, 3, np.where(aseg == 24, 0, aseg)).astype(np.uint8)
+    _save(preds / "sub2_seg.nii.gz", fs_values, lia)
+    assert main(args) == 2
+    assert "sub2_seg.nii.gz' holds the value 41, not a class index 0-27" in capsys.readouterr().err
+    assert main([*args, "--prediction_values", "source"]) == 0
+    assert "sub2: mean Dice 1.000 over 3 structures" in capsys.readouterr().out
     # two references of one name: which one would be scored is refused, not guessed
     _save(labels / "sub2.nii.gz", aseg)
     assert main(["--predictions", str(preds), "--labels", str(labels), "--out", str(tmp_path / "dice")]) == 2

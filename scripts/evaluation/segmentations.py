@@ -5,11 +5,12 @@ grid (the voxels a user's scan has, not the network's resampled grid).
         --config_file "['configs/train.yaml','configs/data/brain27.yaml']" --out outputs/real_dice
 
 Every ``<name>_seg.nii.gz`` (or ``.nii``) of ``--predictions`` is paired with ``<name>.nii.gz`` (``.nii``, or
-FreeSurfer's ``.mgz`` / ``.mgh``) of ``--labels``; the
-reference is mapped to the protocol's classes by the protocol's own ``remap_transforms`` (FreeSurfer values to the 27
-structures, for brain27), and both must share shape and affine. Dice per structure is MONAI's ``compute_dice``
-(a structure absent from the reference is NaN and left out of means); the reports are those of evaluation
-(``dice_per_volume.csv``, ``dice_summary.json``, :func:`scripts.evaluation.report.write_dice_report`).
+FreeSurfer's ``.mgz`` / ``.mgh``) of ``--labels``; the reference is mapped to the protocol's classes by the protocol's
+own ``remap_transforms`` (FreeSurfer values to the 27 structures, for brain27), and both must share shape and affine.
+The predictions hold class indices (inference's default), or with ``--prediction_values source`` the references' kind
+of values (brain27's ``--output_label_values freesurfer``), mapped like the references. Dice per structure is MONAI's
+``compute_dice`` (a structure absent from the reference is NaN and left out of means); the reports are those of
+evaluation (``dice_per_volume.csv``, ``dice_summary.json``, :func:`scripts.evaluation.report.write_dice_report`).
 
 ``--round_trip_mm X`` instead of ``--predictions`` scores each reference against itself carried to X mm voxels
 (nearest neighbour, as training labels are resampled) and back (one-hot probabilities interpolated linearly, then the
@@ -156,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="folder for dice_per_volume.csv and dice_summary.json")
     parser.add_argument("--suffix", default="_seg", help="the predictions' name suffix")
+    parser.add_argument(
+        "--prediction_values",
+        choices=("indices", "source"),
+        default="indices",
+        help="what the predictions hold: the protocol's class indices (inference's default) or the references' kind "
+        "of values, mapped like them by the protocol (brain27's --output_label_values freesurfer)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s: %(message)s")
     configs = ast.literal_eval(args.config_file) if args.config_file.strip().startswith("[") else [args.config_file]
@@ -198,6 +206,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "reference's own image"
                     )
                 prediction = np.asarray(pred_img.dataobj).reshape(_spatial(pred_img.shape))
+                if args.prediction_values == "source":
+                    prediction = np.asarray(remap({"label": prediction[None]})["label"][0])
+                outside = prediction[(prediction < 0) | (prediction >= len(names))]
+                if outside.size:
+                    hint = (
+                        "a value the protocol does not map"
+                        if args.prediction_values == "source"
+                        else "a segmentation in the references' values (inference with --output_label_values "
+                        "freesurfer) is scored with --prediction_values source"
+                    )
+                    raise InputError(
+                        f"'{pred_path}' holds the value {int(outside.flat[0])}, not a class index "
+                        f"0-{len(names) - 1} of the protocol; {hint}"
+                    )
             dice = dice_per_structure(prediction, reference, len(names))
             rows.append(dice)
             print(f"{name}: mean Dice {np.nanmean(dice):.3f} over {int(np.sum(~np.isnan(dice)))} structures")
