@@ -60,6 +60,15 @@ def test_cli_writes_shifted_scans_on_the_same_grid(tmp_path, capsys):
         img = nib.load(str(out / "images" / f"head_{tag}.nii.gz"))
         assert img.shape == data.shape and np.allclose(img.affine, affine)
         assert os.path.exists(out / "labels" / f"head_{tag}.nii.gz")
+    # FreeSurfer's .mgz, and a .nii label: written as the .nii.gz they are named (a copy was unreadable under it)
+    nib.save(nib.MGHImage(data, affine), str(images / "fs.mgz"))
+    nib.save(nib.Nifti1Image((data > 0).astype(np.uint8), affine), str(labels / "fs.nii"))
+    assert main(["--images", str(images), "--labels", str(labels), "--out", str(out)]) == 0
+    for sub in ("images", "labels"):
+        img = nib.load(str(out / sub / "fs_thick4mm.nii.gz"))
+        assert img.shape == data.shape and np.allclose(img.affine, affine)
+    assert np.array_equal(np.asarray(img.dataobj), data > 0)
+    os.remove(images / "fs.mgz"), os.remove(labels / "fs.nii")
     assert main(["--images", str(tmp_path / "missing"), "--labels", str(labels), "--out", str(out)]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert main(["--images", str(images), "--labels", str(labels), "--out", str(out), "--thickness_mm", "0"]) == 2

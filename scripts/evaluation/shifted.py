@@ -95,16 +95,30 @@ def world_axis(affine: np.ndarray, direction: str) -> int:
     raise InputError(f"no voxel axis runs along {direction} (axis codes {codes})")
 
 
-def _save(data: np.ndarray, like: nib.Nifti1Image, path: str) -> None:
-    out = nib.Nifti1Image(data, like.affine, like.header)
-    out.set_data_dtype(np.float32)
+def _save(data: np.ndarray, like: nib.spatialimages.SpatialImage, path: str, dtype: type | None = np.float32) -> None:
+    """``data`` as a NIfTI ``.nii.gz`` on ``like``'s grid (its NIfTI header kept; an MGH one has no NIfTI fields)."""
+    out = nib.Nifti1Image(data, like.affine, like.header if isinstance(like, nib.Nifti1Image) else None)
+    if dtype is not None:
+        out.set_data_dtype(dtype)
     atomic_write(path, lambda staging: nib.save(out, staging))
+
+
+def _copy_label(src: str, dst: str) -> None:
+    """The reference label at ``dst`` (a ``.nii.gz``): the file itself, or its data written as NIfTI (``.nii``,
+    ``.mgz``: copied under the ``.nii.gz`` name they were unreadable)."""
+    if src.endswith(".nii.gz"):
+        atomic_write(dst, lambda staging: shutil.copyfile(src, staging))
+    else:
+        label = nib.load(src)
+        _save(np.asanyarray(label.dataobj), label, dst, dtype=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.evaluation.shifted", description=__doc__.split("\n")[0])
-    parser.add_argument("--images", required=True, help="folder of <name>.nii.gz scans")
-    parser.add_argument("--labels", required=True, help="folder of the matching <name>.nii.gz reference labels")
+    parser.add_argument("--images", required=True, help="folder of <name>.nii.gz (or .nii, .mgz, .mgh) scans")
+    parser.add_argument(
+        "--labels", required=True, help="folder of the matching reference labels (<name>.nii.gz, .nii, .mgz, .mgh)"
+    )
     parser.add_argument("--out", required=True, help="folder for images/ and labels/ of the shifted copies")
     parser.add_argument("--thickness_mm", type=float, default=5.0, help="slice thickness of the thick-slice copy")
     parser.add_argument("--direction", default="S", help="world direction across the thick slices (S: axial)")
@@ -128,10 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for tag, volume in shifted.items():
                 stem = f"{name}_{tag}"
                 _save(volume, img, os.path.join(args.out, "images", f"{stem}.nii.gz"))
-                atomic_write(
-                    os.path.join(args.out, "labels", f"{stem}.nii.gz"),
-                    lambda dst, src=label_path: shutil.copyfile(src, dst),
-                )
+                _copy_label(label_path, os.path.join(args.out, "labels", f"{stem}.nii.gz"))
                 print(f"wrote {stem}")
     except (InputError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
