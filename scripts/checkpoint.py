@@ -36,12 +36,7 @@ from monai.utils import set_determinism
 from torch import nn
 
 from .errors import InputError, as_bool
-from .outputs import atomic_write, remove_partial_files
-
-try:  # POSIX advisory locks; elsewhere the folder is not locked
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+from .outputs import atomic_write, lock_folder, release_folder, remove_partial_files
 
 __all__ = [
     "BEST_FILE",
@@ -65,8 +60,6 @@ BEST_FILE = "model.pt"
 LATEST_FILE = "checkpoint_latest.pt"
 LOCK_FILE = ".training.lock"
 PREVIOUS_DIR = "previous"
-# locks this process holds, by folder, so that a second training in the same process (MONAI Label) reuses its own
-_HELD_LOCKS: dict[str, int] = {}
 logger = logging.getLogger(__name__)
 
 
@@ -384,27 +377,6 @@ def load_initial_weights(network: nn.Module, path: str | None = None) -> bool:
     return True
 
 
-def _take_lock(ckpt_dir: str) -> None:
-    """Hold an exclusive lock on ``ckpt_dir`` until the process ends (released by the OS, even on kill -9)."""
-    real = os.path.realpath(ckpt_dir)
-    if fcntl is None or real in _HELD_LOCKS:
-        return
-    path = os.path.join(ckpt_dir, LOCK_FILE)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(descriptor, 200).decode(errors="replace").strip() or "another process"
-        os.close(descriptor)
-        raise InputError(
-            f"ckpt_dir '{ckpt_dir}' is in use by another training ({holder}); wait for it to end, or give this one "
-            "another --ckpt_dir"
-        ) from None
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
-    _HELD_LOCKS[real] = descriptor
-
-
 def release_checkpoint_dir(ckpt_dir: str) -> bool:
     """Release the lock :func:`claim_checkpoint_dir` took, when the training ends in a process that goes on (MONAI
     Label trains in its server's process); a process that ends releases it anyway.
@@ -412,11 +384,7 @@ def release_checkpoint_dir(ckpt_dir: str) -> bool:
     Returns:
         whether a lock was released.
     """
-    descriptor = _HELD_LOCKS.pop(os.path.realpath(ckpt_dir), None)
-    if descriptor is None:
-        return False
-    os.close(descriptor)  # closing the file releases its flock
-    return True
+    return release_folder(ckpt_dir, LOCK_FILE)
 
 
 def _keep_previous(ckpt_dir: str) -> str | None:
@@ -479,8 +447,7 @@ def claim_checkpoint_dir(
             )
     if _rank() != 0:
         return ckpt_dir
-    os.makedirs(ckpt_dir, exist_ok=True)
-    _take_lock(ckpt_dir)
+    lock_folder(ckpt_dir, LOCK_FILE, "training", "ckpt_dir")
     remove_partial_files(ckpt_dir)
     return ckpt_dir
 

@@ -6,6 +6,8 @@
   before any volume is computed.
 - :func:`publish` moves a finished evaluation from its staging folder to its final one in one step, so the final
   folder always holds one complete evaluation (the previous one until the new one is done), never a mix.
+- :func:`lock_folder` keeps a second run of the same kind out of a folder one is writing (a training's ckpt_dir, an
+  evaluation's output_dir), until the process ends or :func:`release_folder`.
 """
 
 from __future__ import annotations
@@ -21,17 +23,27 @@ from monai.data import NibabelWriter
 
 from .errors import InputError
 
+try:  # POSIX advisory locks; elsewhere folders are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 __all__ = [
     "TEMP_PREFIX",
     "AtomicNibabelWriter",
     "atomic_write",
+    "lock_folder",
     "prepare_output_dir",
     "publish",
+    "release_folder",
     "remove_partial_files",
 ]
 
 # temporary files of atomic writes start with this; a later run removes those a kill left behind
 TEMP_PREFIX = ".partial-"
+# locks this process holds, by folder and lock file, so that a second run in the same process (MONAI Label's training,
+# a workflow run twice) reuses its own
+_HELD_LOCKS: dict[tuple[str, str], int] = {}
 logger = logging.getLogger(__name__)
 
 
@@ -139,3 +151,54 @@ def publish(staging: str, final: str) -> str:
         shutil.rmtree(old)
     logger.info(f"results in {final}")
     return final
+
+
+def lock_folder(folder: str, lock_file: str, what: str, option: str) -> str:
+    """Hold an exclusive lock on ``folder`` until the process ends (released by the OS, even on kill -9) or
+    :func:`release_folder`: a second run of the same kind into the folder is refused instead of overwriting or
+    clearing what the first one writes.
+
+    Args:
+        folder: the folder (created if missing).
+        lock_file: the lock's file name in it (one per kind of run: ``.training.lock``, ``.evaluation.lock``).
+        what: the kind of run, for the message (``"training"``).
+        option: the option that set the folder, for the message (``"ckpt_dir"``).
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        InputError: when another process holds the lock, naming it (its pid and start time).
+    """
+    key = (os.path.realpath(folder), lock_file)
+    if fcntl is None or key in _HELD_LOCKS:
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    descriptor = os.open(os.path.join(folder, lock_file), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(descriptor, 200).decode(errors="replace").strip() or "another process"
+        os.close(descriptor)
+        raise InputError(
+            f"{option} '{folder}' is in use by another {what} ({holder}); wait for it to end, or give this one "
+            f"another --{option}"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    _HELD_LOCKS[key] = descriptor
+    return folder
+
+
+def release_folder(folder: str, lock_file: str) -> bool:
+    """Release the lock :func:`lock_folder` took, for a process that goes on after the run (a process that ends
+    releases it anyway).
+
+    Returns:
+        whether a lock was released.
+    """
+    descriptor = _HELD_LOCKS.pop((os.path.realpath(folder), lock_file), None)
+    if descriptor is None:
+        return False
+    os.close(descriptor)  # closing the file releases its flock
+    return True

@@ -98,6 +98,37 @@ def test_a_bad_evaluation_switch_is_refused_before_work(tiny, tmp_path):
     assert not os.path.exists(tmp_path / "out" / "eval.partial") and not os.path.exists(tmp_path / "out" / "eval")
 
 
+_HOLD_EVALUATION = """
+import sys, time
+sys.path.insert(0, {root!r})
+from scripts.outputs import lock_folder
+lock_folder({folder!r}, ".evaluation.lock", "evaluation", "output_dir")
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_evaluation_into_the_same_output_dir_is_refused(tiny, tmp_path):
+    # it cleared the staging folder (eval.partial) that the first one was filling
+    out = tmp_path / "out"
+    (out / "eval.partial").mkdir(parents=True)
+    (out / "eval.partial" / "dice_per_volume.csv").write_text("being written")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_EVALUATION.format(root=ROOT, folder=str(out))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        io = ["--dataset_dir", tiny["data"], "--output_dir", str(out), "--ckpt_dir", tiny["io"][-1]]
+        result = bundle("run", "evaluating", "--config_file", EVALUATE, *io, "--features", "4", cwd=str(tmp_path),
+                        check=False)  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    assert f"output_dir '{out}' is in use by another evaluation (pid {holder.pid} since" in result.stderr
+    assert (out / "eval.partial" / "dice_per_volume.csv").read_text() == "being written"
+
+
 def test_inference_writes_one_label_volume_per_input_with_its_affine(tiny, tmp_path):
     folder = str(tmp_path / "scans")
     shutil.copytree(os.path.join(tiny["data"], "imagesTr"), folder)
