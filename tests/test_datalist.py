@@ -285,6 +285,20 @@ def test_freesurfer_volumes_are_read_like_nifti(tmp_path):
     _raises(f"^cannot read '{tmp_path / 'T1.mgz'}': ", check_volumes, items)
 
 
+def test_a_freesurfer_subjects_mri_folder_is_refused_naming_its_scan(tmp_path):
+    # its aseg.mgz, wm.mgz, ... would each have been segmented as a scan
+    for name in ("orig.mgz", "T1.mgz", "aseg.mgz", "wm.mgz", "aparc+aseg.mgz", "filled.mgz"):
+        nib.save(nib.MGHImage(np.ones(SHAPE, np.float32), np.eye(4)), str(tmp_path / name))
+    _raises(
+        rf"^folder '{tmp_path}' is a FreeSurfer subject's mri/ folder: aparc\+aseg.mgz, aseg.mgz, filled.mgz, \.\.\. "
+        rf"are label volumes, not scans, and would be segmented as scans; give the scan itself \(--dataset_dir "
+        rf"{tmp_path}/orig.mgz\)$",
+        list_volumes,
+        str(tmp_path),
+    )
+    assert list_volumes(str(tmp_path / "orig.mgz")) == [{"image": str(tmp_path / "orig.mgz")}]
+
+
 def test_the_configs_read_volumes_with_nibabel():
     # MONAI picks a reader by suffix when none is named, and none claims .mgz
     configs = [("train.yaml", "load_transforms"), ("inference.yaml", "load_transforms")]

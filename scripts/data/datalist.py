@@ -50,6 +50,14 @@ VOLUME_GLOBS = "*.nii, *.nii.gz, *.mgz, *.mgh"
 # volumes of other formats that users keep beside their scans: named, with how to convert them, not ignored
 _OTHER_VOLUME_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".hdr")
 _CONVERT_HINT = "convert them to NIfTI first (SimpleITK, nibabel, dcm2niix for DICOM)"
+# label volumes FreeSurfer writes into a subject's mri/ folder beside its scans: such a folder is not a folder of scans
+_FREESURFER_LABEL_VOLUMES = frozenset(
+    f"{name}.mgz"
+    for name in (
+        *("aseg", "aseg.auto", "aseg.auto_noCCseg", "aseg.presurf", "aparc+aseg", "aparc.a2009s+aseg"),
+        *("aparc.DKTatlas+aseg", "wmparc", "ribbon", "filled", "wm", "wm.seg", "wm.asegedit"),
+    )
+)
 # Marks datalists this module wrote, so they are rebuilt when the folder changes instead of being trusted as the
 # user's own.
 _GENERATED_BY = "scripts.data.datalist"
@@ -400,6 +408,14 @@ def _other_volumes(names: Sequence[str]) -> list[str]:
 
 def _list_volumes(path: str) -> list[dict]:
     if os.path.isdir(path):
+        labels = sorted(_FREESURFER_LABEL_VOLUMES.intersection(os.listdir(path)))
+        if labels:
+            scan = next((n for n in ("orig.mgz", "T1.mgz", "rawavg.mgz") if os.path.isfile(os.path.join(path, n))), "")
+            raise InputError(
+                f"folder '{path}' is a FreeSurfer subject's mri/ folder: {', '.join(labels[:3])}"
+                f"{', ...' if len(labels) > 3 else ''} are label volumes, not scans, and would be segmented as scans; "
+                f"give the scan itself (--dataset_dir {os.path.join(path, scan or 'orig.mgz')})"
+            )
         items = [{"image": os.path.abspath(os.path.join(path, n))} for n in _volume_files(path)]
         others = _other_volumes(os.listdir(path))
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
