@@ -168,22 +168,34 @@ def lock_folder(folder: str, lock_file: str, what: str, option: str) -> str:
         ``folder``.
 
     Raises:
-        InputError: when another process holds the lock, naming it (its pid and start time).
+        InputError: when another process holds the lock, naming it (its pid and start time), or when the folder
+            cannot be created or written.
     """
     key = (os.path.realpath(folder), lock_file)
     if fcntl is None or key in _HELD_LOCKS:
         return folder
-    os.makedirs(folder, exist_ok=True)
-    descriptor = os.open(os.path.join(folder, lock_file), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        descriptor = os.open(os.path.join(folder, lock_file), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise InputError(
+            f"--{option} '{folder}' cannot be written: {e.strerror or e}; expected a writable folder"
+        ) from e
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         holder = os.read(descriptor, 200).decode(errors="replace").strip() or "another process"
         os.close(descriptor)
         raise InputError(
             f"{option} '{folder}' is in use by another {what} ({holder}); wait for it to end, or give this one "
             f"another --{option}"
         ) from None
+    except OSError as e:  # a filesystem without locks (some network mounts): the run goes on, unguarded
+        os.close(descriptor)
+        logger.warning(
+            f"--{option} '{folder}' cannot be locked ({e.strerror or e}): a second {what} there is not refused"
+        )
+        return folder
     os.ftruncate(descriptor, 0)
     os.write(descriptor, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     _HELD_LOCKS[key] = descriptor

@@ -26,6 +26,7 @@ from scripts.checkpoint import (
 from scripts.errors import InputError
 from scripts.inference import check_model
 from scripts.networks import get_network
+from scripts.outputs import lock_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,6 +142,16 @@ def test_a_second_training_into_the_same_folder_is_refused_until_the_first_ends(
         holder.kill()  # kill -9: the operating system releases the lock
         holder.wait()
     assert claim_checkpoint_dir(folder) == folder
+
+
+def test_a_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path):
+    # the lock is the first thing written there (an evaluation's output_dir, a training's ckpt_dir): it gave a traceback
+    (tmp_path / "file").write_text("not a folder")
+    folder = str(tmp_path / "file" / "models")
+    with pytest.raises(InputError, match=rf"^--ckpt_dir '{folder}' cannot be written: .*; expected a writable folder$"):
+        claim_checkpoint_dir(folder)
+    with pytest.raises(InputError, match=rf"^--output_dir '{folder}' cannot be written: "):
+        lock_folder(folder, ".evaluation.lock", "evaluation", "output_dir")
 
 
 def test_a_new_training_keeps_the_earlier_ones_files(tmp_path, caplog):

@@ -379,7 +379,8 @@ def list_volumes(folder_or_datalist: str, output_dir: str | None = None) -> list
     """Volumes to run inference on.
 
     Args:
-        folder_or_datalist: a folder (every ``*.nii`` / ``*.nii.gz`` in it, sorted), a datalist JSON (its ``"test"``
+        folder_or_datalist: a folder (every volume in it, sorted: ``VOLUME_SUFFIXES``; not a FreeSurfer subject's
+            ``mri/`` folder), a datalist JSON (its ``"test"``
             images, else its ``"inference"`` images) or a single volume file (NIfTI or MGH).
         output_dir: where the labels go; refused when it is the input folder (the next run would segment them).
 
