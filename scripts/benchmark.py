@@ -46,7 +46,7 @@ import torch
 
 from .allocator import find_tcmalloc, loaded_allocator
 from .errors import InputError, as_bool, check_device
-from .inference import _DTYPES, PRECISIONS, FastInference, native_bf16, resolve_precision
+from .inference import _DTYPES, PRECISIONS, FastInference, bf16_speedup, native_bf16, resolve_precision
 from .outputs import atomic_write
 
 __all__ = [
@@ -76,10 +76,15 @@ SETTINGS: dict[str, list[str]] = {
 
 
 def cpu_kind() -> str:
-    """``AVX-512 with BF16`` / ``AVX-512`` / ``AVX2``..., as torch and oneDNN see this CPU."""
+    """``AVX512 with native BF16 (...)`` / ``AVX512`` / ``AVX2``..., as torch and oneDNN see this CPU, and with
+    native BF16 how fast a bf16 convolution runs here against float32 (what ``--precision auto`` decides on)."""
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     avx512 = "avx512f" if "avx512f" in flags else "no avx512f"
-    return f"{torch.backends.cpu.get_cpu_capability()}{' with native BF16' if native_bf16() else ''} ({avx512})"
+    amx = ", amx_bf16" if "amx_bf16" in flags else ""
+    bf16 = ""
+    if native_bf16():
+        bf16 = f" with native BF16 (a bf16 convolution {bf16_speedup(torch.get_num_threads()):.2f}x as fast as fp32)"
+    return f"{torch.backends.cpu.get_cpu_capability()}{bf16} ({avx512}{amx})"
 
 
 def _sync(device: torch.device) -> None:
@@ -198,12 +203,10 @@ def volume(args: argparse.Namespace) -> None:
         # "plain fp32" always runs: it is the reference of the Dice columns
         settings = {k: v for k, v in SETTINGS.items() if not args.only or k in args.only or k == "plain fp32"}
         if reduced == "fp32":
-            # no native BF16: "auto" is fp32, and its settings would time the fp32 ones again
+            # no native BF16, or no faster: "auto" is fp32, and its settings would time the fp32 ones again
             settings = {k: v for k, v in settings.items() if not k.startswith("auto precision")}
-            print(
-                "no native BF16 on this CPU: --precision auto is fp32, so its settings are not run"
-                " (the fp32 ones again)"
-            )
+            why = "bf16 is no faster than fp32 on this CPU" if native_bf16() else "no native BF16 on this CPU"
+            print(f"{why}: --precision auto is fp32, so its settings are not run (the fp32 ones again)")
         if args.onnx:
             settings["onnxruntime (fp32 + crop)"] = [
                 "--backend",

@@ -4,8 +4,10 @@ memory, or the network's ONNX export run by ONNX Runtime.
 Whole-volume inference of the paper's U-Net (64 filters, 5x5) costs about 72 GFLOP per 256x256 slice. Two levers
 change that cost on the same hardware without changing the network:
 
-- precision: bfloat16 on CPUs with native BF16 instructions (AVX-512 BF16 / AMX, as oneDNN reports them), float16
-  on CUDA; float32 elsewhere, since emulated bf16 is far slower than float32 (measured on AVX2-only CPUs);
+- precision: bfloat16 on CPUs with native BF16 instructions (AVX-512 BF16 / AMX, as oneDNN reports them) where a
+  bf16 convolution is measured faster than a float32 one on this machine (:func:`bf16_speedup`), float16 on CUDA;
+  float32 elsewhere: emulated bf16 is far slower than float32 (AVX2-only CPUs), and native BF16 without AMX on an
+  Intel Xeon, whose float32 already runs on two full-width AVX-512 units, is slower too (the networks 1.1-1.3x);
 - memory format: channels-last activations, which oneDNN's convolutions prefer.
 
 :class:`FastInference` wraps a network for the evaluator and returns float32 logits; it shares the network's
@@ -20,21 +22,26 @@ smaller box (a slice near the top of the head is far smaller than the head's wid
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import statistics
+import time
 
 import numpy as np
 import torch
 from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import CropForegroundd
 from torch import nn
+from torch.nn import functional as F
 
 from .checkpoint import check_checkpoint
 from .errors import InputError, as_bool
 
 __all__ = [
     "BACKENDS",
+    "BF16_MIN_SPEEDUP",
     "PRECISIONS",
     "ArgmaxInferer",
     "AutocastInferer",
@@ -43,6 +50,7 @@ __all__ = [
     "OnnxRuntimeNetwork",
     "SliceBatches",
     "argmax_in_inferer",
+    "bf16_speedup",
     "check_model",
     "foreground_crop",
     "inference_network",
@@ -66,8 +74,53 @@ def native_bf16() -> bool:
         return False
 
 
+# bf16 is what "auto" picks on a CPU only where a bf16 convolution runs at least this much faster than a float32 one
+# (bf16 / fp32 matmul rates measured: 2.1-2.5x on AMD Zen 4, 5-6x with AMX; this convolution 0.55-0.65x on an Intel
+# Xeon with AVX-512 BF16 but no AMX)
+BF16_MIN_SPEEDUP = 1.15
+
+
+@functools.cache
+def bf16_speedup(threads: int, repeats: int = 5) -> float:
+    """How many times faster a bfloat16 convolution runs than a float32 one on this CPU, with ``threads`` threads.
+
+    A 5x5 convolution of 64 to 64 channels on 2 x 64 x 64 x 64 channels-last inputs (the paper's U-Net's layer), each
+    precision once to warm up, then ``repeats`` times alternately; the median of the time ratios (about 0.1 s in
+    all). Measured rather than inferred from the instruction set: oneDNN's native BF16 path is 2-5x faster than
+    float32 on some CPUs and slower on others. Cached per thread count for the process; logged once with what
+    ``--precision auto`` makes of it.
+
+    Args:
+        threads: torch's thread count when it is measured (the cache's key; the caller's current one).
+        repeats: timed runs of each precision.
+    """
+    generator = torch.Generator().manual_seed(0)  # the process's own random stream stays untouched
+    x = torch.randn(2, 64, 64, 64, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(64, 64, 5, 5, generator=generator).div_(40).contiguous(memory_format=torch.channels_last)
+    pairs = {torch.float32: (x, weight), torch.bfloat16: (x.to(torch.bfloat16), weight.to(torch.bfloat16))}
+    with torch.no_grad():
+        for inputs, w in pairs.values():  # oneDNN builds each precision's kernel on its first call
+            F.conv2d(inputs, w, padding=2)
+        ratios = []
+        for _ in range(repeats):
+            times = {}
+            for dtype, (inputs, w) in pairs.items():
+                start = time.perf_counter()
+                F.conv2d(inputs, w, padding=2)
+                times[dtype] = time.perf_counter() - start
+            ratios.append(times[torch.float32] / max(times[torch.bfloat16], 1e-9))
+    speedup = statistics.median(ratios)
+    chosen = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
+    logger.info(
+        f"a bf16 convolution runs {speedup:.2f}x as fast as float32 on this CPU ({threads} threads): "
+        f"--precision auto is {chosen} here (bf16 from {BF16_MIN_SPEEDUP}x)"
+    )
+    return speedup
+
+
 def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """The precision ``"auto"`` means on ``device``: fp16 on CUDA, bf16 on a CPU with native BF16, else fp32.
+    """The precision ``"auto"`` means on ``device``: fp16 on CUDA; on a CPU bf16 where it is native and measured at
+    least :data:`BF16_MIN_SPEEDUP` times faster than float32 (:func:`bf16_speedup`, once per process), else fp32.
 
     Raises:
         ValueError: for a name outside :data:`PRECISIONS`.
@@ -79,7 +132,9 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
         return precision
     if kind == "cuda":
         return "fp16"
-    return "bf16" if kind == "cpu" and native_bf16() else "fp32"
+    if kind != "cpu" or not native_bf16():
+        return "fp32"
+    return "bf16" if bf16_speedup(torch.get_num_threads()) >= BF16_MIN_SPEEDUP else "fp32"
 
 
 def needs_loss_scaling(precision: str, device: str | torch.device) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -27,7 +29,6 @@ from scripts.inference import (
     ForegroundBoxNetwork,
     SliceBatches,
     argmax_in_inferer,
-    native_bf16,
     resolve_precision,
     slice_boxes,
 )
@@ -39,14 +40,44 @@ INFERENCE = os.path.join(ROOT, "configs", "inference.yaml")
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
+    measured = []
+    monkeypatch.setattr(inference, "bf16_speedup", lambda threads: measured.append(threads) or 2.0)
     monkeypatch.setattr(inference, "native_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"  # emulated bf16 is slower than fp32
+    assert measured == []  # nothing to measure without native BF16
     monkeypatch.setattr(inference, "native_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"  # native and measured faster (Zen 4, AMX)
+    assert measured == [torch.get_num_threads()]
+    # native BF16 that is slower than float32 (an Intel Xeon with AVX-512 BF16 but no AMX: 0.55-0.65x)
+    monkeypatch.setattr(inference, "bf16_speedup", lambda threads: 0.6)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(inference, "bf16_speedup", lambda threads: inference.BF16_MIN_SPEEDUP)
     assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("bf16", "cpu") == "bf16"  # asked for by name: not measured
     assert resolve_precision("auto", "cuda:0") == "fp16"
     assert resolve_precision("fp32", "cuda") == "fp32"
     with pytest.raises(ValueError, match="--precision 'half' is not one of auto, fp32, bf16, fp16"):
         resolve_precision("half", "cpu")
+
+
+def test_bf16_speedup_is_measured_once_without_touching_the_random_stream(monkeypatch, caplog):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    inference.bf16_speedup.cache_clear()
+    speedup = inference.bf16_speedup(torch.get_num_threads())
+    assert math.isfinite(speedup) and speedup > 0
+    assert torch.equal(torch.rand(3), expected)  # a training seeded before the checks draws the same numbers
+    monkeypatch.setattr(inference, "native_bf16", lambda: True)
+    with caplog.at_level(logging.INFO, logger="scripts.inference"):
+        chosen = resolve_precision("auto", "cpu")  # cached: measured once per process, and said then
+    assert inference.bf16_speedup(torch.get_num_threads()) == speedup
+    assert chosen == ("bf16" if speedup >= inference.BF16_MIN_SPEEDUP else "fp32")
+    assert "as fast as float32" not in caplog.text
+    inference.bf16_speedup.cache_clear()
+    with caplog.at_level(logging.INFO, logger="scripts.inference"):
+        inference.bf16_speedup(torch.get_num_threads())
+    assert "--precision auto is bf16 here" in caplog.text or "--precision auto is fp32 here" in caplog.text
 
 
 @pytest.mark.parametrize("arch", ["unet", "sdnet", "densenet"])
@@ -234,7 +265,7 @@ def test_volume_benchmark_prints_the_chosen_settings(tiny_onnx_model):
     rows = [line for line in lines if line.startswith(("plain fp32", "default (", "fp32 +", "auto precision", "onnxr"))]
     # the plain path always (the Dice columns' reference), the chosen ones, ONNX Runtime
     assert [row[:62].strip() for row in rows] == ["plain fp32", *chosen, "onnxruntime (fp32 + crop)"]
-    assert native_bf16() or "no native BF16 on this CPU: --precision auto is fp32" in result.stdout
+    assert resolve_precision("auto", "cpu") == "bf16" or ": --precision auto is fp32" in result.stdout
     assert rows[1].split()[-2:] == ["1.0000", "1.0000"]  # whole slices through the head: the plain path's labels
     plain = rows[0].split()
     assert plain[-2:] == ["1.0000", "1.0000"]  # the reference against itself
