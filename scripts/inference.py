@@ -7,7 +7,7 @@ change that cost on the same hardware without changing the network:
 - precision: bfloat16 on CPUs with native BF16 instructions (AVX-512 BF16 / AMX, as oneDNN reports them) where a
   bf16 convolution is measured faster than a float32 one on this machine (:func:`bf16_speedup`), float16 on CUDA;
   float32 elsewhere: emulated bf16 is far slower than float32 (AVX2-only CPUs), and native BF16 without AMX on an
-  Intel Xeon, whose float32 already runs on two full-width AVX-512 units, is slower too (the networks 1.1-1.3x);
+  Intel Xeon, whose float32 already runs on two full-width AVX-512 units, is slower too (inference 1.1-1.8x);
 - memory format: channels-last activations, which oneDNN's convolutions prefer.
 
 :class:`FastInference` wraps a network for the evaluator and returns float32 logits; it shares the network's
@@ -75,7 +75,7 @@ def native_bf16() -> bool:
 
 
 # bf16 is what "auto" picks on a CPU only where a bf16 convolution runs at least this much faster than a float32 one
-# (bf16 / fp32 matmul rates measured: 2.1-2.5x on AMD Zen 4, 5-6x with AMX; this convolution 0.55-0.65x on an Intel
+# (bf16 / fp32 matmul rates measured: 2.1-2.5x on AMD Zen 4, 5-6x with AMX; this convolution 0.52-0.62x on an Intel
 # Xeon with AVX-512 BF16 but no AMX)
 BF16_MIN_SPEEDUP = 1.15
 

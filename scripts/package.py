@@ -9,7 +9,7 @@ at run time, and the shipped brain model lives in ``models/brain27/``. MONAI Lab
     # dist/scse_brain27/ and dist/scse_brain27_v<version>.zip (the zoo's name_version.zip), from
     # configs/data/brain27.yaml and models/brain27/model.pt
 
-    python -m monai.bundle download --name scse_brain27 --url file://$PWD/dist/scse_brain27_v0.4.13.zip --bundle_dir b
+    python -m monai.bundle download --name scse_brain27 --url file://$PWD/dist/scse_brain27_v0.4.14.zip --bundle_dir b
     python -m monai.bundle run inference --bundle_root b/scse_brain27 \
         --config_file b/scse_brain27/configs/inference.json --dataset_dir my_scans/ --output_dir out
 
