@@ -48,6 +48,9 @@ from .allocator import find_tcmalloc, loaded_allocator
 from .errors import InputError, as_bool, check_device
 from .inference import _DTYPES, PRECISIONS, FastInference, bf16_speedup, native_bf16, resolve_precision
 from .outputs import atomic_write
+from .timing import paired_ratio
+from .timing import sync as _sync
+from .timing import time_interleaved, time_interleaved_runs
 
 __all__ = [
     "SETTINGS",
@@ -85,11 +88,6 @@ def cpu_kind() -> str:
     if native_bf16():
         bf16 = f" with native BF16 (a bf16 convolution {bf16_speedup(torch.get_num_threads()):.2f}x as fast as fp32)"
     return f"{torch.backends.cpu.get_cpu_capability()}{bf16} ({avx512}{amx})"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 4096, repeats: int = 5, device: str | torch.device = "cpu") -> float:
@@ -297,43 +295,6 @@ def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[precision])
-
-
-def time_interleaved_runs(
-    steps: dict[str, Callable[[], None]], repeats: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Seconds of each step in every repeat, the steps taking turns within every repeat after one warm-up call
-    each (a change of the machine's load hits all alike, and neighbours in a repeat are seconds apart)."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():
-        step()
-    for _ in range(repeats):
-        for name, step in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each step, the steps taking turns within every repeat after one warm-up call each."""
-    return {name: statistics.median(t) for name, t in time_interleaved_runs(steps, repeats, device).items()}
-
-
-def paired_ratio(times: list[float], reference: list[float]) -> dict[str, float]:
-    """The ratio of two interleaved steps as the median of their ratios within each repeat, with the quartiles and
-    extremes of those ratios: a machine whose speed drifts over minutes (these CPUs' matmul rate varies by 20-30%
-    within a session) moves both steps of a repeat alike, so the paired ratio is steadier than a ratio of the two
-    medians, and the spread says how far a single repeat can be trusted.
-
-    Returns:
-        ``median``, ``q1``, ``q3``, ``min`` and ``max`` of ``times[i] / reference[i]``.
-    """
-    ratios = [t / r for t, r in zip(times, reference)]
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    return {"median": statistics.median(ratios), "q1": q1, "q3": q3, "min": min(ratios), "max": max(ratios)}
 
 
 def inference_step(

@@ -26,8 +26,6 @@ import functools
 import logging
 import math
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -38,6 +36,7 @@ from torch.nn import functional as F
 
 from .checkpoint import check_checkpoint
 from .errors import InputError, as_bool
+from .timing import paired_ratio, time_interleaved_runs
 
 __all__ = [
     "BACKENDS",
@@ -85,10 +84,10 @@ def bf16_speedup(threads: int, repeats: int = 5) -> float:
     """How many times faster a bfloat16 convolution runs than a float32 one on this CPU, with ``threads`` threads.
 
     A 5x5 convolution of 64 to 64 channels on 2 x 64 x 64 x 64 channels-last inputs (the paper's U-Net's layer), each
-    precision once to warm up, then ``repeats`` times alternately; the median of the time ratios (about 0.1 s in
-    all). Measured rather than inferred from the instruction set: oneDNN's native BF16 path is 2-5x faster than
-    float32 on some CPUs and slower on others. Cached per thread count for the process; logged once with what
-    ``--precision auto`` makes of it.
+    precision once to warm up, then ``repeats`` times in turns; the median of the ratios paired by repeat (about 0.1 s
+    in all; :mod:`scripts.timing`). Measured rather than inferred from the instruction set: oneDNN's native BF16 path
+    is 2-5x faster than float32 on some CPUs and slower on others. Cached per thread count for the process; logged
+    once with what ``--precision auto`` makes of it.
 
     Args:
         threads: torch's thread count when it is measured (the cache's key; the caller's current one).
@@ -97,19 +96,14 @@ def bf16_speedup(threads: int, repeats: int = 5) -> float:
     generator = torch.Generator().manual_seed(0)  # the process's own random stream stays untouched
     x = torch.randn(2, 64, 64, 64, generator=generator).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(64, 64, 5, 5, generator=generator).div_(40).contiguous(memory_format=torch.channels_last)
-    pairs = {torch.float32: (x, weight), torch.bfloat16: (x.to(torch.bfloat16), weight.to(torch.bfloat16))}
-    with torch.no_grad():
-        for inputs, w in pairs.values():  # oneDNN builds each precision's kernel on its first call
-            F.conv2d(inputs, w, padding=2)
-        ratios = []
-        for _ in range(repeats):
-            times = {}
-            for dtype, (inputs, w) in pairs.items():
-                start = time.perf_counter()
-                F.conv2d(inputs, w, padding=2)
-                times[dtype] = time.perf_counter() - start
-            ratios.append(times[torch.float32] / max(times[torch.bfloat16], 1e-9))
-    speedup = statistics.median(ratios)
+    x_bf16, weight_bf16 = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+    with torch.no_grad():  # the first call of each, which builds oneDNN's kernel, is not timed
+        runs = time_interleaved_runs(
+            {"fp32": lambda: F.conv2d(x, weight, padding=2), "bf16": lambda: F.conv2d(x_bf16, weight_bf16, padding=2)},
+            repeats,
+            torch.device("cpu"),
+        )
+    speedup = paired_ratio(runs["fp32"], runs["bf16"])["median"]
     chosen = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
     logger.info(
         f"a bf16 convolution runs {speedup:.2f}x as fast as float32 on this CPU ({threads} threads): "
